@@ -1,0 +1,162 @@
+"""Quantization configs: frozen, validated, JSON round-trippable.
+
+Example:
+    >>> cfg = QuantConfig(default="w4a4", modality={"audio": "w8a8"})
+    >>> QuantConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from types import MappingProxyType
+
+from .errors import ConfigError
+
+__all__ = ["MODALITIES", "PATHS", "Scheme", "SCHEMES", "QuantConfig", "scheme"]
+
+# Token modalities, in the order used for per-token modality ids and per-modality tables.
+MODALITIES: tuple[str, ...] = ("text", "vision", "audio")
+# Modality paths a linear can be tagged with: one modality, or several ("fused", the decoder).
+PATHS: tuple[str, ...] = (*MODALITIES, "fused")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Bit widths of one quantization scheme; ``None`` means that side stays float."""
+
+    name: str
+    weight_bits: int | None
+    act_bits: int | None
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight_bits is None
+
+
+SCHEMES: Mapping[str, Scheme] = MappingProxyType(
+    {
+        "w4a4": Scheme("w4a4", 4, 4),
+        "w4a16": Scheme("w4a16", 4, None),
+        "w8a8": Scheme("w8a8", 8, 8),
+        "float": Scheme("float", None, None),
+    }
+)
+
+
+def scheme(name: str) -> Scheme:
+    """Look up a scheme by name, with an error that lists the known ones."""
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ConfigError(f"unknown scheme {name!r}; choose one of {sorted(SCHEMES)}") from None
+
+
+def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.
+
+    Resolution order for one linear (first match wins): ``overrides`` (fnmatch pattern on the linear's name ->
+    scheme), ``keep_float`` patterns, ``modality`` (modality path -> scheme), ``default``.
+
+    Args:
+        default: scheme for every linear not matched otherwise (``w4a4``, ``w4a16``, ``w8a8``, ``float``).
+        modality: per modality path (``text``, ``vision``, ``audio``, ``fused``) scheme.
+        overrides: ``(pattern, scheme)`` pairs matched against linear names, e.g. ``("*.mlp.down_proj", "w8a8")``.
+        keep_float: name patterns that stay float; the output head by default (its error hits every token's logits).
+        weight_group_size: quantize weights in groups of this many input channels (``None``: one scale per channel).
+        modality_token_ids: token ids that mark a modality in ``input_ids`` (``{"vision": (151655,), ...}``);
+            needed for per-token modality routing in fused linears. Model adapters provide them.
+        sources: placeholder name -> modality for data-flow tagging; empty means the defaults
+            (``input_ids``: text, ``pixel_values``/``pixel_values_videos``: vision, ``input_features``: audio).
+        debug: lint and validate the program after every pass, naming the pass that broke it.
+
+    Example:
+        >>> QuantConfig(overrides=(("*.fc2", "w8a8"),)).scheme_for("enc.fc2", "audio").name
+        'w8a8'
+    """
+
+    version: int = 1
+    default: str = "w4a4"
+    modality: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    overrides: tuple[tuple[str, str], ...] = ()
+    keep_float: tuple[str, ...] = ("lm_head", "*.lm_head")
+    weight_group_size: int | None = None
+    modality_token_ids: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.version != 1:
+            raise ConfigError(f"QuantConfig version {self.version} is not supported by this mqcompile (expects 1)")
+        scheme(self.default)
+        for key, value in dict(self.modality).items():
+            if key not in PATHS:
+                raise ConfigError(f"unknown modality {key!r} in QuantConfig.modality; choose from {list(PATHS)}")
+            scheme(value)
+        object.__setattr__(self, "modality", _frozen_mapping(self.modality))
+        overrides = tuple((str(p), str(s)) for p, s in self.overrides)
+        for _, name in overrides:
+            scheme(name)
+        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if self.weight_group_size is not None and (self.weight_group_size < 2 or self.weight_group_size % 2):
+            raise ConfigError(f"weight_group_size must be an even integer >= 2 or None, got {self.weight_group_size}")
+        ids = {}
+        for key, value in dict(self.modality_token_ids).items():
+            if key not in MODALITIES or key == "text":
+                raise ConfigError(f"modality_token_ids keys must be 'vision' or 'audio', got {key!r}")
+            ids[key] = tuple(int(v) for v in value)
+        object.__setattr__(self, "modality_token_ids", MappingProxyType(ids))
+        for key, value in dict(self.sources).items():
+            if value not in MODALITIES:
+                raise ConfigError(f"source {key!r} maps to unknown modality {value!r}; choose from {list(MODALITIES)}")
+        object.__setattr__(self, "sources", _frozen_mapping(self.sources))
+
+    def scheme_for(self, name: str, path: str) -> Scheme:
+        """The scheme for a linear called ``name`` on modality path ``path``."""
+        for pattern, value in self.overrides:
+            if fnmatchcase(name, pattern):
+                return scheme(value)
+        if any(fnmatchcase(name, p) for p in self.keep_float):
+            return SCHEMES["float"]
+        return scheme(self.modality.get(path, self.default))
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> QuantConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown QuantConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        data = dict(data)
+        if "overrides" in data:
+            data["overrides"] = tuple(tuple(x) for x in data["overrides"])
+        if "keep_float" in data:
+            data["keep_float"] = tuple(data["keep_float"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        return cls.from_dict(json.loads(text))

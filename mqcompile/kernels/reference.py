@@ -1,0 +1,140 @@
+"""Pure-PyTorch references for every ``mqcompile::`` op: the definition the fast paths are tested against.
+
+Integer products are accumulated exactly (int32) before any scaling, so a fast path with an int32 accumulator must
+match these bit for bit; the float epilogue is ``((acc * x_scale) * w_scale) + bias`` in fp32, then cast.
+
+Example:
+    >>> import torch
+    >>> q, s = quantize_act_ref(torch.tensor([[1.0, -7.0]]), torch.ones(1), None, 4)
+    >>> q.tolist(), s.tolist()
+    ([[1, -7]], [[1.0]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .pack import unpack_int4
+
+__all__ = [
+    "qrange",
+    "quantize_act_ref",
+    "quantize_weight_ref",
+    "unpack_weight",
+    "int_matmul_ref",
+    "qlinear_ref",
+    "wlinear_ref",
+]
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """Signed symmetric range: (-2^(b-1), 2^(b-1)-1); scales divide by the positive end."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _token_clip(clip: torch.Tensor, modality_ids: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    if modality_ids is None:
+        return clip[0].reshape(1)
+    return clip.index_select(0, modality_ids.reshape(-1)).reshape(*x.shape[:-1], 1)
+
+
+def quantize_act_ref(
+    x: torch.Tensor, clip: torch.Tensor, modality_ids: torch.Tensor | None, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token dynamic symmetric quantization.
+
+    ``s_t = clip[m(t)] * max_k |x_tk| / qmax``; ``q = clamp(round(x / s_t), qmin, qmax)`` in int8 containers.
+    An all-zero token gets scale 1 (its codes are 0 either way). Returns (codes ``[..., K]`` int8,
+    scales ``[..., 1]`` fp32).
+    """
+    qmin, qmax = qrange(bits)
+    x32 = x.float()
+    amax = x32.abs().amax(dim=-1, keepdim=True)
+    scale = _token_clip(clip.float(), modality_ids, x) * amax / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round(x32 / scale), qmin, qmax).to(torch.int8)
+    return q, scale
+
+
+def quantize_weight_ref(
+    w: torch.Tensor, bits: int, group_size: int = 0, gamma: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel (or per-group along K) weight quantization.
+
+    ``s = gamma * max|W| / qmax`` per row (or per group); returns (int8 codes ``[N, K]``, fp32 scales ``[N, G]``).
+    """
+    qmin, qmax = qrange(bits)
+    n, k = w.shape
+    w32 = w.float()
+    gs = group_size or k
+    groups = -(-k // gs)
+    padded = torch.nn.functional.pad(w32, (0, groups * gs - k)).reshape(n, groups, gs)
+    amax = padded.abs().amax(dim=-1)
+    if gamma is not None:
+        amax = amax * gamma.float().reshape(n, -1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(padded / scale[..., None]), qmin, qmax).to(torch.int8)
+    return q.reshape(n, groups * gs)[:, :k].contiguous(), scale
+
+
+def unpack_weight(w: torch.Tensor, w_bits: int, in_features: int) -> torch.Tensor:
+    """Stored weight codes (packed uint8 for 4 bits, int8 for 8 bits) -> int8 ``[N, K]``."""
+    return unpack_int4(w, in_features) if w_bits == 4 else w
+
+
+def _group_view(t: torch.Tensor, group_size: int, groups: int) -> torch.Tensor:
+    k = t.shape[-1]
+    t = torch.nn.functional.pad(t, (0, groups * group_size - k))
+    return t.reshape(*t.shape[:-1], groups, group_size)
+
+
+def int_matmul_ref(xq: torch.Tensor, wq: torch.Tensor, group_size: int = 0, groups: int = 1) -> torch.Tensor:
+    """Exact int32 accumulators: ``[M, N]`` per channel, or ``[M, G, N]`` per group."""
+    if not group_size:
+        return xq.to(torch.int32) @ wq.to(torch.int32).T
+    xg = _group_view(xq.to(torch.int32), group_size, groups)  # [M, G, gs]
+    wg = _group_view(wq.to(torch.int32), group_size, groups)  # [N, G, gs]
+    return torch.einsum("mgk,ngk->mgn", xg, wg)
+
+
+def qlinear_ref(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    w_bits: int,
+    group_size: int,
+    in_features: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Integer linear: quantized activations (codes + per-token scales) times quantized weights."""
+    lead = xq.shape[:-1]
+    x2 = xq.reshape(-1, in_features)
+    s2 = x_scale.reshape(-1, 1).float()
+    wq = unpack_weight(w, w_bits, in_features)
+    acc = int_matmul_ref(x2, wq, group_size, w_scale.shape[1])
+    if group_size:
+        y = ((acc.float() * s2[:, :, None]) * w_scale.float().T[None]).sum(dim=1)
+    else:
+        y = (acc.float() * s2) * w_scale.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.reshape(*lead, -1).to(out_dtype)
+
+
+def wlinear_ref(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    w_bits: int,
+    group_size: int,
+    in_features: int,
+) -> torch.Tensor:
+    """Weight-only linear: dequantize the weights to the activation dtype, then a float linear."""
+    wq = unpack_weight(w, w_bits, in_features)
+    gs = group_size or in_features
+    groups = w_scale.shape[1]
+    wd = (_group_view(wq.float(), gs, groups) * w_scale.float()[..., None]).reshape(wq.shape[0], -1)[:, :in_features]
+    return torch.nn.functional.linear(x, wd.to(x.dtype), None if bias is None else bias.to(x.dtype))

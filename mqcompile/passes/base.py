@@ -1,0 +1,29 @@
+"""What every pass receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.export import ExportedProgram
+
+from ..config import QuantConfig
+
+__all__ = ["PassContext", "PassResult"]
+
+
+@dataclass
+class PassContext:
+    """Inputs shared by the passes of one ``quantize`` call (not a config: it carries tensors)."""
+
+    config: QuantConfig
+    example_inputs: tuple[tuple, dict] | None = None
+    calibration: list[tuple[tuple, dict]] | None = None
+
+
+@dataclass
+class PassResult:
+    """A pass's output program and the counts it matched/changed (tests assert them)."""
+
+    program: ExportedProgram
+    counts: dict[str, Any] = field(default_factory=dict)

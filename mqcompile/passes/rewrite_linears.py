@@ -1,0 +1,117 @@
+"""rewrite_linears: replace each selected ``aten.linear`` with ``mqcompile::`` ops, weights quantized RTN.
+
+Needs: ``select_schemes`` (and ``insert_modality_ids`` for routed fused linears). Guarantees: every linear with a
+non-float scheme becomes ``quantize_act`` + ``qlinear`` (weights and activations quantized) or ``wlinear``
+(weight-only); packed weight codes, scales and per-modality activation clips become buffers next to the original
+weight (``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``); the float weight is dropped unless something
+else still uses it (tied weights). The new nodes carry the linear's meta plus ``op``. The program is re-exported
+once so the new buffers are proper lifted inputs.
+
+Weights are quantized by :func:`mqcompile.kernels.reference.quantize_weight_ref` rather than torchao's
+``choose_qparams_affine``: its symmetric mapping divides by (qmax - qmin) / 2 = 7.5 for int4, which clips the
+largest weight, while the method (DESIGN.md) defines ``s = gamma * max|W| / 7``; the rounding itself is one line.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+
+from .. import meta
+from ..config import MODALITIES, SCHEMES
+from ..graph_utils import example_inputs_of, reexport
+from ..kernels import pack_int4
+from ..kernels.reference import quantize_weight_ref
+from .base import PassContext, PassResult
+
+__all__ = ["run", "quantized_weight"]
+
+
+def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
+    path, _, attr = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), attr
+
+
+def quantized_weight(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Codes as stored (packed uint8 for int4, int8 for int8), fp32 scales ``[N, G]``, and the group size used."""
+    k = w.shape[1]
+    group = group_size if group_size and group_size < k else 0
+    codes, scale = quantize_weight_ref(w.detach(), bits, group)
+    return (pack_int4(codes) if bits == 4 else codes), scale, group
+
+
+def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, name: str, value: torch.Tensor):
+    owner.register_buffer(name, value)
+    return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
+
+
+def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], group_size) -> None:
+    scheme = SCHEMES[info["scheme"]]
+    x, w_node = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    owner, _ = _owner(gm, w_node.target)
+    owner_path = w_node.target.rpartition(".")[0]
+    weight = operator.attrgetter(w_node.target)(gm)
+    codes, scale, group = quantized_weight(weight, scheme.weight_bits, group_size)
+    ids = ids_nodes.get(info.get("modality_ids"))
+    out_dtype = node.meta["val"].dtype
+    with gm.graph.inserting_before(node):
+        qw = _add_buffer(gm, owner, owner_path, "mq_qweight", codes)
+        ws = _add_buffer(gm, owner, owner_path, "mq_w_scale", scale)
+        if scheme.act_bits is None:
+            new = gm.graph.call_function(
+                torch.ops.mqcompile.wlinear.default, (x, qw, ws, bias, scheme.weight_bits, group, info["in_features"])
+            )
+            op = "wlinear"
+        else:
+            clip = torch.ones(len(MODALITIES) if ids is not None else 1)
+            ac = _add_buffer(gm, owner, owner_path, "mq_act_clip", clip)
+            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, (x, ac, ids, scheme.act_bits))
+            xq = gm.graph.call_function(operator.getitem, (qa, 0))
+            xs = gm.graph.call_function(operator.getitem, (qa, 1))
+            args = (xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype)
+            new = gm.graph.call_function(torch.ops.mqcompile.qlinear.default, args)
+            meta.set_fields(qa, **info, op="quantize_act")
+            op = "qlinear"
+    meta.set_fields(new, **info, op=op, group_size=group)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def _drop_unused_weights(gm: fx.GraphModule) -> int:
+    dropped = 0
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr" and n.users}
+    for n in list(gm.graph.nodes):
+        if n.op == "get_attr" and not n.users:
+            gm.graph.erase_node(n)
+            if n.target not in used:
+                owner, attr = _owner(gm, n.target)
+                if attr in owner._parameters or attr in owner._buffers:
+                    delattr(owner, attr)
+                    dropped += 1
+    return dropped
+
+
+def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
+    example_inputs = example_inputs_of(ep, ctx.example_inputs)
+    gm = ep.module()
+    ids_nodes = {n.name: n for n in gm.graph.nodes if meta.get(n).get("modality_ids") is True}
+    counts = {"matched": 0, "qlinear": 0, "wlinear": 0, "kept_float": 0}
+    targets = [n for n in gm.graph.nodes if n.op == "call_function" and meta.get(n).get("linear")]
+    for node in targets:
+        info = meta.get(node)
+        counts["matched"] += 1
+        if SCHEMES[info["scheme"]].is_float:
+            counts["kept_float"] += 1
+            continue
+        _rewrite_one(gm, node, info, ids_nodes, ctx.config.weight_group_size)
+        counts["wlinear" if SCHEMES[info["scheme"]].act_bits is None else "qlinear"] += 1
+    counts["float_weights_dropped"] = _drop_unused_weights(gm)
+    gm.graph.lint()
+    gm.recompile()
+    if counts["qlinear"] + counts["wlinear"] == 0:
+        return PassResult(ep, counts)
+    return PassResult(reexport(ep, gm, example_inputs), counts)

@@ -1,0 +1,109 @@
+"""tag_modality: tag every linear with its modality path by data flow.
+
+Needs: ``find_linears``. Guarantees: each linear's meta has ``modality`` (``text``/``vision``/``audio``, or ``fused``
+when tokens of several modalities reach it) and ``sources`` (sorted modalities reaching it), and ``tagged_by``
+(``data_flow``, or ``module_path`` for a linear no source reaches, tagged from its ``nn_module_stack`` as a hint).
+
+Data flow rather than module names because ``nn_module_stack`` paths differ across transformers versions
+(see DESIGN.md). Sources come from ``QuantConfig.sources`` or, by default, from the input names below; a program
+with none of those names (any other model) treats all its inputs as one text source.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+
+from .. import meta
+from ..errors import ConfigError
+from ..graph_utils import user_input_nodes
+from .base import PassContext, PassResult
+from .find_linears import linear_nodes
+
+__all__ = ["run", "DEFAULT_SOURCES", "resolve_sources", "data_flow_graph"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCES = {
+    "input_ids": "text",
+    "inputs_embeds": "text",
+    "pixel_values": "vision",
+    "pixel_values_videos": "vision",
+    "input_features": "audio",
+}
+_PATH_HINTS = (("visual", "vision"), ("vision", "vision"), ("audio", "audio"))
+
+
+def resolve_sources(ep: ExportedProgram, configured) -> dict[str, str]:
+    inputs = user_input_nodes(ep)
+    if configured:
+        missing = sorted(set(configured) - set(inputs))
+        if missing:
+            raise ConfigError(f"QuantConfig.sources names {missing}, but the program's inputs are {sorted(inputs)}")
+        return dict(configured)
+    found = {name: mod for name, mod in DEFAULT_SOURCES.items() if name in inputs}
+    if not found:
+        log.info("no known modality inputs among %s; treating all inputs as text", sorted(inputs))
+        found = {name: "text" for name in inputs}
+    return found
+
+
+def _view_base(node: fx.Node) -> fx.Node:
+    while isinstance(node.target, torch._ops.OpOverload) and node.target.is_view and node.args:
+        node = node.args[0]
+    return node
+
+
+def _mutated_args(node: fx.Node) -> list[fx.Node]:
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return []
+    out = []
+    for arg, spec in zip(node.args, node.target._schema.arguments):
+        if isinstance(arg, fx.Node) and spec.alias_info is not None and spec.alias_info.is_write:
+            out.append(arg)
+    return out
+
+
+def data_flow_graph(graph: fx.Graph) -> nx.DiGraph:
+    """Value edges of the fx graph, plus an edge from every in-place op to the base tensor it writes into
+    (``h[:, a:b] = img`` writes image data into ``h`` through a view; without this edge it would look text-only)."""
+    g = nx.DiGraph()
+    for node in graph.nodes:
+        g.add_node(node.name)
+        for user in node.users:
+            g.add_edge(node.name, user.name)
+        for target in _mutated_args(node):
+            g.add_edge(node.name, _view_base(target).name)
+    return g
+
+
+def _hint(node: fx.Node) -> str:
+    paths = " ".join(str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values()).lower()
+    for needle, modality in _PATH_HINTS:
+        if needle in paths:
+            return modality
+    return "text"
+
+
+def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
+    sources = resolve_sources(ep, ctx.config.sources)
+    flow = data_flow_graph(ep.graph)
+    reach: dict[str, set[str]] = {}
+    for name, modality in sources.items():
+        for desc in nx.descendants(flow, name):
+            reach.setdefault(desc, set()).add(modality)
+    counts = {"text": 0, "vision": 0, "audio": 0, "fused": 0, "by_module_path": 0}
+    for node in linear_nodes(ep.graph):
+        mods = sorted(reach.get(node.name, ()))
+        if mods:
+            path, how = (mods[0] if len(mods) == 1 else "fused"), "data_flow"
+        else:
+            path, how = _hint(node), "module_path"
+            counts["by_module_path"] += 1
+        meta.set_fields(node, modality=path, sources=mods, tagged_by=how)
+        counts[path] += 1
+    return PassResult(ep, counts)

@@ -1,0 +1,117 @@
+"""QuantizedProgram: a quantized ExportedProgram plus what mqcompile knows about it.
+
+Example:
+    >>> qp = mqcompile.quantize(ep)                     # doctest: +SKIP
+    >>> qp.save("model.pt2"); qp2 = QuantizedProgram.load("model.pt2")  # doctest: +SKIP
+    >>> print(qp2.summary())                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from . import kernels  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
+from . import meta
+from .config import QuantConfig
+from .errors import ProgramFileError
+
+__all__ = ["QuantizedProgram", "LinearRecord", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_EXTRA = "mqcompile.json"
+
+
+@dataclass(frozen=True)
+class LinearRecord:
+    name: str
+    modality: str
+    scheme: str
+    in_features: int
+    out_features: int
+    op: str
+
+
+@dataclass
+class QuantizedProgram:
+    """The result of :func:`mqcompile.quantize`.
+
+    Attributes:
+        exported_program: the rewritten ``torch.export`` program (``mqcompile::`` ops, packed weights as buffers).
+        config: the config it was quantized with.
+        report: per-pass counts and byte totals recorded at quantization time.
+    """
+
+    exported_program: ExportedProgram
+    config: QuantConfig
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def module(self) -> torch.nn.Module:
+        """A callable module (same inputs as the original program)."""
+        return self.exported_program.module()
+
+    def linears(self) -> list[LinearRecord]:
+        """Every linear of the original program with its modality path and scheme (float ones included)."""
+        out = []
+        for node in self.exported_program.graph.nodes:
+            info = meta.get(node)
+            if info.get("linear") and info.get("op") in (None, "qlinear", "wlinear"):
+                if node.op == "call_function":
+                    out.append(
+                        LinearRecord(
+                            info["name"],
+                            info["modality"],
+                            info["scheme"],
+                            info["in_features"],
+                            info["out_features"],
+                            info.get("op", "linear"),
+                        )
+                    )
+        return out
+
+    def summary(self) -> str:
+        """A plain-text table: linears per modality path and scheme, and weight bytes before/after."""
+        rows: dict[tuple[str, str], int] = {}
+        for rec in self.linears():
+            rows[(rec.modality, rec.scheme)] = rows.get((rec.modality, rec.scheme), 0) + 1
+        lines = [f"{'modality':<10}{'scheme':<8}{'linears':>8}"]
+        lines += [f"{m:<10}{s:<8}{n:>8}" for (m, s), n in sorted(rows.items())]
+        before, after = self.report.get("bytes_before"), self.report.get("bytes_after")
+        if before and after:
+            lines.append(f"weights+buffers: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB ({after / before:.3f}x)")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a ``.pt2`` archive (torch.export format plus mqcompile's config and report); bit-exact on load."""
+        header = {"format": FORMAT_VERSION, "config": self.config.to_dict(), "report": self.report}
+        torch.export.save(self.exported_program, path, extra_files={_EXTRA: json.dumps(header)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> QuantizedProgram:
+        """Read a file written by :meth:`save`; raises ProgramFileError for anything else."""
+        if not os.path.isfile(path):
+            raise ProgramFileError(f"{path}: no such file; pass the path given to QuantizedProgram.save")
+        if not zipfile.is_zipfile(path):
+            raise ProgramFileError(f"{path}: not a saved QuantizedProgram (not a .pt2 archive)")
+        extra = {_EXTRA: ""}
+        try:
+            ep = torch.export.load(path, extra_files=extra)
+        except Exception as exc:
+            raise ProgramFileError(f"{path}: not a loadable torch.export archive ({exc})") from exc
+        if not extra[_EXTRA]:
+            raise ProgramFileError(
+                f"{path}: a torch.export archive but not a QuantizedProgram (no {_EXTRA}); "
+                "load it with torch.export.load, or quantize it with mqcompile.quantize"
+            )
+        header = json.loads(extra[_EXTRA])
+        if header.get("format") != FORMAT_VERSION:
+            raise ProgramFileError(
+                f"{path}: written in mqcompile format {header.get('format')}, this version reads {FORMAT_VERSION}"
+            )
+        return cls(ep, QuantConfig.from_dict(header["config"]), header["report"])
