@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 
@@ -10,7 +11,7 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch.export import Dim, ExportedProgram
-from torch.export.graph_signature import InputKind
+from torch.export.graph_signature import ExportGraphSignature, InputKind
 
 from .errors import UnsupportedProgramError
 
@@ -26,13 +27,25 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _renamed_signature(sig: ExportGraphSignature, names: dict[str, str]) -> ExportGraphSignature:
+    def fix(spec):
+        arg = spec.arg
+        if hasattr(arg, "name") and arg.name in names:
+            arg = dataclasses.replace(arg, name=names[arg.name])
+        return dataclasses.replace(spec, arg=arg)
+
+    return ExportGraphSignature([fix(s) for s in sig.input_specs], [fix(s) for s in sig.output_specs])
+
+
 def copy_program(ep: ExportedProgram) -> ExportedProgram:
     """A copy whose graph can be edited without touching ``ep``; weights are shared, not copied."""
     gm = copy.deepcopy(ep.graph_module)
+    # copying a graph may rename nodes (a placeholder called ``input`` becomes ``input_1``): follow the renames
+    names = {old.name: new.name for old, new in zip(ep.graph.nodes, gm.graph.nodes)}
     return ExportedProgram(
         root=gm,
         graph=gm.graph,
-        graph_signature=copy.deepcopy(ep.graph_signature),
+        graph_signature=_renamed_signature(ep.graph_signature, names),
         state_dict=dict(ep.state_dict),
         range_constraints=dict(ep.range_constraints),
         module_call_graph=copy.deepcopy(ep.module_call_graph),

@@ -1,0 +1,56 @@
+import dataclasses
+
+import pytest
+
+from mqcompile import ConfigError, QuantConfig
+
+
+def test_json_round_trip():
+    cfg = QuantConfig(
+        default="w4a16",
+        modality={"vision": "w8a8"},
+        overrides=(("*.fc2", "float"),),
+        weight_group_size=64,
+        modality_token_ids={"vision": (5, 6), "audio": (7,)},
+        sources={"x": "audio"},
+    )
+    assert QuantConfig.from_json(cfg.to_json()) == cfg
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        QuantConfig().default = "w8a8"
+    with pytest.raises(TypeError):
+        QuantConfig(modality={"vision": "w8a8"}).modality["audio"] = "w4a4"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"default": "w3a3"}, "unknown scheme 'w3a3'"),
+        ({"modality": {"smell": "w4a4"}}, "unknown modality 'smell'"),
+        ({"modality": {"vision": "int4"}}, "unknown scheme 'int4'"),
+        ({"overrides": (("x", "nope"),)}, "unknown scheme"),
+        ({"weight_group_size": 3}, "even integer"),
+        ({"modality_token_ids": {"text": (1,)}}, "'vision' or 'audio'"),
+        ({"sources": {"x": "smell"}}, "unknown modality"),
+        ({"version": 2}, "version 2"),
+    ],
+)
+def test_bad_values_say_what_to_do(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        QuantConfig(**kwargs)
+
+
+def test_unknown_field_in_dict():
+    with pytest.raises(ConfigError, match="unknown QuantConfig fields"):
+        QuantConfig.from_dict({"defualt": "w4a4"})
+
+
+def test_resolution_order():
+    cfg = QuantConfig(modality={"audio": "w8a8"}, overrides=(("enc.*", "w4a16"),), keep_float=("head",))
+    assert cfg.scheme_for("enc.fc1", "audio").name == "w4a16"
+    assert cfg.scheme_for("head", "audio").name == "float"
+    assert cfg.scheme_for("dec.fc1", "audio").name == "w8a8"
+    assert cfg.scheme_for("dec.fc1", "text").name == "w4a4"
