@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import warnings
 
 import torch
 import torch.fx as fx
@@ -39,7 +40,10 @@ def _renamed_signature(sig: ExportGraphSignature, names: dict[str, str]) -> Expo
 
 def copy_program(ep: ExportedProgram) -> ExportedProgram:
     """A copy whose graph can be edited without touching ``ep``; weights are shared, not copied."""
-    gm = copy.deepcopy(ep.graph_module)
+    with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside deepcopy of its specs
+        warnings.simplefilter("ignore", FutureWarning)
+        gm = copy.deepcopy(ep.graph_module)
+        module_call_graph = copy.deepcopy(ep.module_call_graph)
     # copying a graph may rename nodes (a placeholder called ``input`` becomes ``input_1``): follow the renames
     names = {old.name: new.name for old, new in zip(ep.graph.nodes, gm.graph.nodes)}
     return ExportedProgram(
@@ -48,7 +52,7 @@ def copy_program(ep: ExportedProgram) -> ExportedProgram:
         graph_signature=_renamed_signature(ep.graph_signature, names),
         state_dict=dict(ep.state_dict),
         range_constraints=dict(ep.range_constraints),
-        module_call_graph=copy.deepcopy(ep.module_call_graph),
+        module_call_graph=module_call_graph,
         example_inputs=ep.example_inputs,
         constants=dict(ep.constants),
         verifiers=list(ep.verifiers),

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from . import kernels  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
-from . import meta
+from . import (
+    kernels,  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
+    meta,
+)
 from .config import QuantConfig
 from .errors import ProgramFileError
 
@@ -61,18 +63,9 @@ class QuantizedProgram:
         out = []
         for node in self.exported_program.graph.nodes:
             info = meta.get(node)
-            if info.get("linear") and info.get("op") in (None, "qlinear", "wlinear"):
-                if node.op == "call_function":
-                    out.append(
-                        LinearRecord(
-                            info["name"],
-                            info["modality"],
-                            info["scheme"],
-                            info["in_features"],
-                            info["out_features"],
-                            info.get("op", "linear"),
-                        )
-                    )
+            if node.op == "call_function" and info.get("linear") and info.get("op", "linear") != "quantize_act":
+                fields = ("name", "modality", "scheme", "in_features", "out_features")
+                out.append(LinearRecord(*(info[f] for f in fields), op=info.get("op", "linear")))
         return out
 
     def summary(self) -> str:
@@ -84,7 +77,9 @@ class QuantizedProgram:
         lines += [f"{m:<10}{s:<8}{n:>8}" for (m, s), n in sorted(rows.items())]
         before, after = self.report.get("bytes_before"), self.report.get("bytes_after")
         if before and after:
-            lines.append(f"weights+buffers: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB ({after / before:.3f}x)")
+            lines.append(
+                f"weights+buffers: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB ({after / before:.3f}x)"
+            )
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:

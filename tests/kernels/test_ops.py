@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import mqcompile.kernels  # noqa: F401
-from mqcompile.kernels import pack_int4, reference as ref
+from mqcompile.kernels import pack_int4
+from mqcompile.kernels import reference as ref
 
 ops = torch.ops.mqcompile
 SHAPES = [(1, 64), (7, 37), (513, 96), (2, 5, 130)]  # one token, odd K, many tokens, 3-D

@@ -48,7 +48,9 @@ def test_w4a4_rewrite_counts_buffers_and_numerics(toy):
 
 def test_mixed_schemes_and_groups(toy):
     model, kwargs, ep = toy
-    config = QuantConfig(modality={"audio": "w8a8", "vision": "w4a16"}, overrides=(("d2", "float"),), weight_group_size=8)
+    config = QuantConfig(
+        modality={"audio": "w8a8", "vision": "w4a16"}, overrides=(("d2", "float"),), weight_group_size=8
+    )
     result = _rewrite(ep, config)
     assert result.counts["qlinear"] == 2 and result.counts["wlinear"] == 1 and result.counts["kept_float"] == 2
     new = result.program

@@ -1,0 +1,38 @@
+"""Command line: ``mqcompile demo`` (the README's main job)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import format_tables, run_demo
+
+    result = run_demo(args.out, scheme=args.scheme, seed=args.seed, progress=not args.no_progress)
+    sys.stdout.write(format_tables(result) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mqcompile", description="W4A4 quantization compiler for omni-modal models")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each pass")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="export the tiny Qwen2.5-Omni thinker, quantize it, print fidelity")
+    demo.add_argument("--out", default="out", help="folder for the saved program (default: out)")
+    demo.add_argument("--scheme", default="w4a4", choices=["w4a4", "w4a16", "w8a8"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
