@@ -109,10 +109,11 @@ def quantize(
     batches = None
     if calibration is not None:
         batches = [check_inputs(ep, b, where=f"calibration batch {i}") for i, b in enumerate(calibration)]
-        log.info("%d calibration batches validated (round-to-nearest does not use them)", len(batches))
+        if not config.needs_calibration:
+            log.info("%d calibration batches validated (method %r does not use them)", len(batches), config.method)
     if example_inputs is not None:
         example_inputs = check_inputs(ep, example_inputs, where="example_inputs")
-    ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches)
+    ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches, progress=progress)
     program, report = run_pipeline(copy_program(ep), ctx, progress=progress)
     if report["find_linears"]["linears"] == 0:
         log.warning("the program has no aten.linear nodes; returning it unchanged")

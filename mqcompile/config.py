@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from .errors import ConfigError
 
-__all__ = ["MODALITIES", "PATHS", "Scheme", "SCHEMES", "QuantConfig", "scheme"]
+__all__ = ["MODALITIES", "PATHS", "METHODS", "CALIBRATED_METHODS", "Scheme", "SCHEMES", "QuantConfig", "scheme"]
 
 # Token modalities, in the order used for per-token modality ids and per-modality tables.
 MODALITIES: tuple[str, ...] = ("text", "vision", "audio")
@@ -46,6 +46,12 @@ SCHEMES: Mapping[str, Scheme] = MappingProxyType(
         "float": Scheme("float", None, None),
     }
 )
+
+
+# Methods: how parameters are chosen. "rtn": round to nearest, no calibration; "smoothquant": SmoothQuant
+# (per-channel migration of activation range into the weights, alpha = smooth_alpha) then round to nearest.
+METHODS: tuple[str, ...] = ("rtn", "smoothquant")
+CALIBRATED_METHODS: frozenset[str] = frozenset({"smoothquant"})
 
 
 def scheme(name: str) -> Scheme:
@@ -77,6 +83,9 @@ class QuantConfig:
             needed for per-token modality routing in fused linears. Model adapters provide them.
         sources: placeholder name -> modality for data-flow tagging; empty means the defaults
             (``input_ids``: text, ``pixel_values``/``pixel_values_videos``: vision, ``input_features``: audio).
+        method: ``rtn`` (round to nearest) or ``smoothquant`` (needs calibration).
+        smooth_alpha: SmoothQuant migration strength in [0, 1].
+        reservoir_tokens: calibration tokens kept per linear and modality (bounds calibration memory).
         debug: lint and validate the program after every pass, naming the pass that broke it.
 
     Example:
@@ -92,9 +101,18 @@ class QuantConfig:
     weight_group_size: int | None = None
     modality_token_ids: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    method: str = "rtn"
+    smooth_alpha: float = 0.5
+    reservoir_tokens: int = 256
     debug: bool = False
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
+        if self.reservoir_tokens < 1:
+            raise ConfigError(f"reservoir_tokens must be >= 1, got {self.reservoir_tokens}")
         if self.version != 1:
             raise ConfigError(f"QuantConfig version {self.version} is not supported by this mqcompile (expects 1)")
         scheme(self.default)
@@ -129,6 +147,10 @@ class QuantConfig:
         if any(fnmatchcase(name, p) for p in self.keep_float):
             return SCHEMES["float"]
         return scheme(self.modality.get(path, self.default))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method in CALIBRATED_METHODS
 
     def to_dict(self) -> dict:
         out = {}

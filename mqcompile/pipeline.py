@@ -12,11 +12,13 @@ from .errors import MQCompileError
 from .passes import (
     PassContext,
     PassResult,
+    calibrate,
     check_program,
     find_linears,
     insert_modality_ids,
     rewrite_linears,
     select_schemes,
+    smooth_quant,
     tag_modality,
 )
 
@@ -32,6 +34,8 @@ PIPELINE: tuple[tuple[str, PassFn], ...] = (
     ("tag_modality", tag_modality.run),
     ("select_schemes", select_schemes.run),
     ("insert_modality_ids", insert_modality_ids.run),
+    ("calibrate", calibrate.run),
+    ("smooth_quant", smooth_quant.run),
     ("rewrite_linears", rewrite_linears.run),
 )
 

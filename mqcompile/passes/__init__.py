@@ -1,11 +1,13 @@
 """Graph passes, one per module. The order they run in is ``mqcompile.pipeline.PIPELINE``."""
 
 from . import (
+    calibrate,
     check_program,
     find_linears,
     insert_modality_ids,
     rewrite_linears,
     select_schemes,
+    smooth_quant,
     tag_modality,
 )
 from .base import PassContext, PassResult
@@ -18,5 +20,7 @@ __all__ = [
     "tag_modality",
     "select_schemes",
     "insert_modality_ids",
+    "calibrate",
+    "smooth_quant",
     "rewrite_linears",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch.export import ExportedProgram
 
 from ..config import QuantConfig
@@ -19,6 +20,11 @@ class PassContext:
     config: QuantConfig
     example_inputs: tuple[tuple, dict] | None = None
     calibration: list[tuple[tuple, dict]] | None = None
+    progress: bool = True
+    # filled by passes: calibration statistics by linear name, and per-linear tensors for the rewrite
+    # (``weight``: replacement float weight, ``act_multiplier``: per-channel factor applied before quantization)
+    stats: dict[str, Any] | None = None
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass

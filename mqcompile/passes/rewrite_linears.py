@@ -48,17 +48,23 @@ def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, nam
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
 
-def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], group_size) -> None:
+def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], ctx) -> None:
     scheme = SCHEMES[info["scheme"]]
     x, w_node = node.args[0], node.args[1]
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     owner, _ = _owner(gm, w_node.target)
     owner_path = w_node.target.rpartition(".")[0]
-    weight = operator.attrgetter(w_node.target)(gm)
-    codes, scale, group = quantized_weight(weight, scheme.weight_bits, group_size)
+    extra = ctx.tensors.get(info["name"], {})
+    weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
+    codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size)
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
+        if "act_multiplier" in extra:
+            multiplier = _add_buffer(
+                gm, owner, owner_path, "mq_act_multiplier", extra["act_multiplier"].to(x.meta["val"].dtype)
+            )
+            x = gm.graph.call_function(torch.ops.aten.mul.Tensor, (x, multiplier))
         qw = _add_buffer(gm, owner, owner_path, "mq_qweight", codes)
         ws = _add_buffer(gm, owner, owner_path, "mq_w_scale", scale)
         if scheme.act_bits is None:
@@ -107,7 +113,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         if SCHEMES[info["scheme"]].is_float:
             counts["kept_float"] += 1
             continue
-        _rewrite_one(gm, node, info, ids_nodes, ctx.config.weight_group_size)
+        _rewrite_one(gm, node, info, ids_nodes, ctx)
         counts["wlinear" if SCHEMES[info["scheme"]].act_bits is None else "qlinear"] += 1
     counts["float_weights_dropped"] = _drop_unused_weights(gm)
     gm.graph.lint()
