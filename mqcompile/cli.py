@@ -17,6 +17,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import run_suite, write_results
+    from .evaluation.suite import format_results
+
+    data = run_suite(args.tasks, args.methods, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    out = args.out or ("docs/RESULTS_quick.md" if args.quick else "docs/RESULTS.md")
+    write_results(data, out)
+    sys.stdout.write(format_results(data) + f"\nwrote {out} and its .json\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqcompile", description="W4A4 quantization compiler for omni-modal models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each pass")
@@ -27,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
+    from .evaluation.suite import METHODS, TASKS
+
+    ev = sub.add_parser("eval", help="real-weights suite: tasks x methods -> docs/RESULTS.md (needs the eval extra)")
+    ev.add_argument("--quick", action="store_true", help="small slices (minutes), for CI and smoke tests")
+    ev.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ev.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ev.add_argument("--out", default=None, help="markdown path (default docs/RESULTS.md, quick: docs/RESULTS_quick.md)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=_eval)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

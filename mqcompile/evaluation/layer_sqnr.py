@@ -1,0 +1,51 @@
+"""Per-linear output SQNR of a quantized program against its float program, grouped by modality tag."""
+
+from __future__ import annotations
+
+import torch
+from torch.export import ExportedProgram
+
+from .. import meta
+from ..config import QuantConfig
+from ..graph_utils import copy_program
+from ..interpret import run_observed
+from ..metrics import sqnr_db
+from ..passes import PassContext, find_linears, tag_modality
+
+__all__ = ["layer_sqnr", "by_modality"]
+
+
+def _is_linear_output(node) -> bool:
+    info = meta.get(node)
+    return node.op == "call_function" and info.get("linear") is True and info.get("op") in (None, "qlinear", "wlinear")
+
+
+def layer_sqnr(
+    float_ep: ExportedProgram, quant_ep: ExportedProgram, batch: dict, config: QuantConfig | None = None
+) -> dict[str, tuple[str, float]]:
+    """``{linear name: (modality path, SQNR dB)}`` on one batch: each linear's output in the quantized program vs
+    the same linear's output in the float program (errors of earlier layers included, as deployed)."""
+    ref_ep = copy_program(float_ep)
+    ctx = PassContext(config or QuantConfig())
+    find_linears.run(ref_ep, ctx)
+    tag_modality.run(ref_ep, ctx)
+    ref: dict[str, torch.Tensor] = {}
+    run_observed(ref_ep, (), batch, _is_linear_output, lambda n, a, out: ref.__setitem__(meta.get(n)["name"], out))
+    result: dict[str, tuple[str, float]] = {}
+
+    def observe(node, args, out) -> None:
+        info = meta.get(node)
+        if info["name"] in ref:
+            result[info["name"]] = (info["modality"], sqnr_db(ref[info["name"]], out))
+
+    run_observed(quant_ep, (), batch, _is_linear_output, observe)
+    return result
+
+
+def by_modality(per_linear: dict[str, tuple[str, float]]) -> dict[str, float]:
+    """Mean SQNR (dB) per modality path; infinite values (float linears) are left out."""
+    groups: dict[str, list[float]] = {}
+    for modality, value in per_linear.values():
+        if value != float("inf"):
+            groups.setdefault(modality, []).append(value)
+    return {m: sum(v) / len(v) for m, v in sorted(groups.items())}

@@ -1,0 +1,175 @@
+"""The real-weights evaluation suite: every task x every method, through ``mqcompile.quantize``.
+
+Example:
+    >>> results = run_suite(quick=True)            # doctest: +SKIP
+    >>> write_results(results, "docs/RESULTS.md")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..api import quantize
+from ..config import QuantConfig
+from .base import Task
+from .layer_sqnr import by_modality, layer_sqnr
+
+__all__ = ["METHODS", "TASKS", "MethodResult", "run_task", "run_suite", "write_results", "format_results"]
+
+log = logging.getLogger(__name__)
+
+# Baselines and methods, all in the same framework on the same calibration data. None = the float program.
+METHODS: dict[str, Mapping[str, Any] | None] = {
+    "FP": None,
+    "W8A8-RTN": {"default": "w8a8"},
+    "W4A16-RTN": {"default": "w4a16"},
+    "W4A4-RTN": {"default": "w4a4"},
+    "W4A4-SmoothQuant": {"default": "w4a4", "method": "smoothquant", "smooth_alpha": 0.5},
+}
+
+
+def _text_task(quick: bool, seed: int) -> Task:
+    from .text_lm import TextLMTask
+
+    return TextLMTask(quick=quick, seed=seed)
+
+
+def _speech_task(quick: bool, seed: int) -> Task:
+    from .speech import SpeechTask
+
+    return SpeechTask(quick=quick, seed=seed)
+
+
+def _vision_task(quick: bool, seed: int) -> Task:
+    from .vision import VisionTask
+
+    return VisionTask(quick=quick, seed=seed)
+
+
+TASKS: dict[str, Callable[[bool, int], Task]] = {
+    "qwen2-0.5b": _text_task,
+    "whisper-base": _speech_task,
+    "dinov2-s14": _vision_task,
+}
+
+
+@dataclass
+class MethodResult:
+    metrics: dict[str, float]
+    quantize_s: float
+    eval_s: float
+    layer_sqnr_db: dict[str, float] = field(default_factory=dict)  # mean per modality path
+    linears: dict[str, int] = field(default_factory=dict)  # per modality path
+
+
+def run_task(task: Task, methods: Sequence[str], progress: bool = True) -> dict[str, MethodResult]:
+    specs = task.programs()
+    out: dict[str, MethodResult] = {}
+    for method in methods:
+        overrides = METHODS[method]
+        start = time.perf_counter()
+        modules, sqnr, linears = {}, {}, {}
+        for name, spec in specs.items():
+            if overrides is None:
+                modules[name] = spec.program.module()
+                continue
+            config = QuantConfig(**{**dict(overrides), **dict(spec.config)})
+            qp = quantize(spec.program, config, calibration=spec.calibration, progress=progress)
+            modules[name] = qp.module()
+            per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config)
+            sqnr.update({f"{name}/{k}": v for k, v in per_linear.items()})
+            for rec in qp.linears():
+                linears[rec.modality] = linears.get(rec.modality, 0) + 1
+        quantize_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.inference_mode():
+            metrics = task.evaluate(modules)
+        eval_s = time.perf_counter() - start
+        out[method] = MethodResult(metrics, quantize_s, eval_s, by_modality(sqnr), linears)
+        log.info("%s %s: %s (quantize %.1fs, eval %.1fs)", task.name, method, metrics, quantize_s, eval_s)
+    return out
+
+
+def run_suite(
+    tasks: Sequence[str] = tuple(TASKS),
+    methods: Sequence[str] = tuple(METHODS),
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run tasks x methods; returns a JSON-ready dict (results, metric directions, timing, machine)."""
+    start = time.perf_counter()
+    results, metric_info = {}, {}
+    for name in tasks:
+        t0 = time.perf_counter()
+        task = TASKS[name](quick, seed)
+        setup_s = time.perf_counter() - t0
+        metric_info[name] = [asdict(m) for m in task.metrics]
+        results[name] = {
+            "setup_s": setup_s,
+            "methods": {m: asdict(r) for m, r in run_task(task, methods, progress).items()},
+        }
+    return {
+        "quick": quick,
+        "seed": seed,
+        "results": results,
+        "metrics": metric_info,
+        "total_s": time.perf_counter() - start,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def format_results(data: Mapping[str, Any]) -> str:
+    """Markdown: per task a method x metric table (with times), then mean per-linear SQNR by modality."""
+    mode = "quick" if data["quick"] else "full"
+    m = data["machine"]
+    lines = [
+        "# Results: real-weights evaluation suite",
+        "",
+        f"Mode: {mode}. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, no GPU. "
+        f"Total {data['total_s'] / 60:.1f} min. Generated by `mqcompile eval{' --quick' if data['quick'] else ''}`.",
+        "",
+    ]
+    for task, entry in data["results"].items():
+        metrics = data["metrics"][task]
+        head = [f"{x['name']} ({'↑' if x['higher_is_better'] else '↓'})" for x in metrics]
+        lines += [f"## {task}", "", f"Setup (load, data, export): {entry['setup_s']:.1f} s.", ""]
+        lines.append("| method | " + " | ".join(head) + " | quantize s | eval s |")
+        lines.append("|---" * (len(head) + 3) + "|")
+        for method, r in entry["methods"].items():
+            cells = [x["fmt"].format(r["metrics"][x["name"]]) if x["name"] in r["metrics"] else "–" for x in metrics]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['quantize_s']:.1f} | {r['eval_s']:.1f} |")
+        paths = sorted({p for r in entry["methods"].values() for p in r["layer_sqnr_db"]})
+        if paths:
+            lines += ["", "Mean per-linear output SQNR (dB) by modality tag:", ""]
+            lines.append("| method | " + " | ".join(paths) + " |")
+            lines.append("|---" * (len(paths) + 1) + "|")
+            for method, r in entry["methods"].items():
+                if r["layer_sqnr_db"]:
+                    cells = [f"{r['layer_sqnr_db'][p]:.2f}" if p in r["layer_sqnr_db"] else "–" for p in paths]
+                    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(data: Mapping[str, Any], markdown_path: str, json_path: str | None = None) -> None:
+    os.makedirs(os.path.dirname(markdown_path) or ".", exist_ok=True)
+    with open(markdown_path, "w") as f:
+        f.write(format_results(data))
+    json_path = json_path or os.path.splitext(markdown_path)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(data, f, indent=2, default=float)

@@ -1,0 +1,65 @@
+"""The suite runner on a synthetic task (no assets needed)."""
+
+import json
+
+import torch
+
+from mqcompile.evaluation import METHODS, Metric, ProgramSpec, format_results, run_task, write_results
+from mqcompile.evaluation.layer_sqnr import by_modality, layer_sqnr
+from tests.conftest import TOY_CONFIG, Toy, toy_inputs
+
+
+class ToyTask:
+    name = "toy"
+    metrics = (Metric("agree", True), Metric("mse", False, "{:.4f}"))
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = Toy().eval()
+        self.inputs = [toy_inputs(s) for s in range(10, 14)]
+        self.reference = [self.model(**x).argmax(-1) for x in self.inputs]
+
+    def programs(self):
+        ep = torch.export.export(self.model, (), toy_inputs(0))
+        config = {"modality_token_ids": dict(TOY_CONFIG.modality_token_ids)}
+        return {"main": ProgramSpec(ep, [toy_inputs(s) for s in range(1, 4)], self.inputs[0], config)}
+
+    def evaluate(self, modules):
+        outs = [modules["main"](**x) for x in self.inputs]
+        agree = sum(float((o.argmax(-1) == r).float().mean()) for o, r in zip(outs, self.reference)) / len(outs)
+        mse = sum(float((o - self.model(**x)).pow(2).mean()) for o, x in zip(outs, self.inputs)) / len(outs)
+        return {"agree": 100 * agree, "mse": mse}
+
+
+def test_run_task_all_methods_and_tables(tmp_path):
+    results = run_task(ToyTask(), list(METHODS), progress=False)
+    assert list(results) == list(METHODS)
+    assert results["FP"].metrics == {"agree": 100.0, "mse": 0.0} and results["FP"].layer_sqnr_db == {}
+    assert results["W8A8-RTN"].metrics["mse"] < results["W4A4-RTN"].metrics["mse"]
+    assert set(results["W4A4-RTN"].layer_sqnr_db) == {"vision", "audio", "fused"}
+    assert results["W4A4-RTN"].linears == {"vision": 1, "audio": 1, "fused": 3}
+    data = {
+        "quick": True,
+        "seed": 0,
+        "total_s": 1.0,
+        "machine": {"cpu": "x", "cores": 2, "torch": "t", "python": "p"},
+        "metrics": {"toy": [{"name": "agree", "higher_is_better": True, "fmt": "{:.2f}"}]},
+        "results": {"toy": {"setup_s": 0.1, "methods": {m: r.__dict__ for m, r in results.items()}}},
+    }
+    text = format_results(data)
+    assert "| W4A4-SmoothQuant | " in text and "agree (↑)" in text and "| method | audio | fused | vision |" in text
+    write_results(data, str(tmp_path / "R.md"))
+    assert json.loads((tmp_path / "R.json").read_text())["results"]["toy"]["methods"]["FP"]["metrics"]["agree"] == 100
+
+
+def test_layer_sqnr_finite_for_quantized_inf_for_float(toy):
+    import mqcompile
+
+    _, kwargs, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    per = layer_sqnr(ep, qp.exported_program, kwargs, TOY_CONFIG)
+    assert set(per) == {"v", "a", "d1", "d2", "lm_head"}
+    assert per["v"][0] == "vision" and 5 < per["v"][1] < 40
+    assert per["lm_head"][0] == "fused"
+    means = by_modality(per)
+    assert set(means) == {"vision", "audio", "fused"}
