@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_int4", "unpack_int4", "packed_cols"]
+__all__ = ["pack_int4", "unpack_int4", "unpack_int4_float", "packed_cols"]
 
 
 def packed_cols(k: int) -> int:
@@ -47,3 +47,21 @@ def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     hi = hi - ((hi & 0x8) << 1)
     out = torch.stack((lo, hi), dim=-1).flatten(-2)
     return out[..., :k].contiguous()
+
+
+def _nibble_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    byte = torch.arange(256, device=device)
+    lo, hi = byte & 0xF, byte >> 4
+    return torch.stack((lo - ((lo & 8) << 1), hi - ((hi & 8) << 1)), dim=-1).to(dtype)  # [256, 2]
+
+
+def unpack_int4_float(packed: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`unpack_int4` straight to a float dtype in one gather (a 256-entry table of nibble pairs): the CPU
+    fast path multiplies integer-valued float tensors, so it never needs the int8 intermediate."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_int4_float expects uint8, got {packed.dtype}")
+    if packed.shape[-1] != packed_cols(k):
+        raise ValueError(f"packed last dim {packed.shape[-1]} does not hold K={k} int4 values")
+    table = _nibble_table(dtype, packed.device)
+    out = table.index_select(0, packed.reshape(-1).int()).reshape(*packed.shape[:-1], -1)
+    return out[..., :k]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .pack import unpack_int4
+from .pack import unpack_int4, unpack_int4_float
 
 __all__ = [
     "qrange",
@@ -133,8 +133,8 @@ def wlinear_ref(
     in_features: int,
 ) -> torch.Tensor:
     """Weight-only linear: dequantize the weights to the activation dtype, then a float linear."""
-    wq = unpack_weight(w, w_bits, in_features)
+    wq = unpack_int4_float(w, in_features) if w_bits == 4 else w.float()
     gs = group_size or in_features
     groups = w_scale.shape[1]
-    wd = (_group_view(wq.float(), gs, groups) * w_scale.float()[..., None]).reshape(wq.shape[0], -1)[:, :in_features]
+    wd = (_group_view(wq, gs, groups) * w_scale.float()[..., None]).reshape(wq.shape[0], -1)[:, :in_features]
     return torch.nn.functional.linear(x, wd.to(x.dtype), None if bias is None else bias.to(x.dtype))

@@ -127,3 +127,18 @@ def test_opcheck_schemas_and_fake_impls():
     torch.library.opcheck(ops.quantize_act.default, (x, torch.ones(3), torch.tensor([0, 1, 2]), 4))
     torch.library.opcheck(ops.qlinear.default, (xq, xs, w, ws, torch.zeros(6), 4, 0, 40, torch.float32))
     torch.library.opcheck(ops.wlinear.default, (x, w, ws, None, 4, 0, 40))
+
+
+@pytest.mark.parametrize("x_bits,w_bits,k", [(4, 4, 18944), (8, 8, 18944), (8, 8, 2048), (8, 4, 5000), (8, 8, 7)])
+def test_cpu_int_gemm_exact_through_chunks(x_bits, w_bits, k):
+    from mqcompile.kernels.ops import cpu_int_gemm, exact_float_chunk
+
+    g = torch.Generator().manual_seed(k)
+    lo_x, lo_w = -(1 << (x_bits - 1)), -(1 << (w_bits - 1))
+    xq = torch.full((3, k), lo_x, dtype=torch.int8)  # worst case magnitudes ...
+    xq[1:] = torch.randint(lo_x, -lo_x, (2, k), generator=g, dtype=torch.int8)  # ... and random rows
+    wq = torch.full((4, k), lo_w, dtype=torch.int8)
+    wq[1:] = torch.randint(lo_w, -lo_w, (3, k), generator=g, dtype=torch.int8)
+    w = pack_int4(wq) if w_bits == 4 else wq
+    assert exact_float_chunk(8, 8) == 1024
+    assert torch.equal(cpu_int_gemm(xq, w, w_bits, k), ref.int_matmul_ref(xq, wq))
