@@ -23,14 +23,18 @@ __all__ = ["quantize_act", "qlinear", "wlinear", "cpu_int_gemm", "exact_float_ch
 
 @torch.library.custom_op("mqcompile::quantize_act", mutates_args=())
 def quantize_act(
-    x: torch.Tensor, clip: torch.Tensor, modality_ids: torch.Tensor | None, bits: int
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    modality_ids: torch.Tensor | None,
+    bits: int,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token dynamic symmetric quantization; see :func:`reference.quantize_act_ref`."""
-    return ref.quantize_act_ref(x, clip, modality_ids, bits)
+    """Per-token dynamic symmetric quantization after the DABC shift; see :func:`reference.quantize_act_ref`."""
+    return ref.quantize_act_ref(x, clip, modality_ids, bits, shift)
 
 
 @quantize_act.register_fake
-def _(x, clip, modality_ids, bits):
+def _(x, clip, modality_ids, bits, shift=None):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
 
 
@@ -70,20 +74,21 @@ def qlinear(
     group_size: int,
     in_features: int,
     out_dtype: torch.dtype,
+    comp: torch.Tensor | None = None,
+    modality_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integer linear on int8-container codes; see :func:`reference.qlinear_ref`."""
+    """Integer linear on int8-container codes, plus DABC compensation; see :func:`reference.qlinear_ref`."""
+    args = (xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp, modality_ids)
     if xq.device.type != "cpu" or group_size:
-        return ref.qlinear_ref(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype)
+        return ref.qlinear_ref(*args)
     lead = xq.shape[:-1]
     acc = cpu_int_gemm(xq.reshape(-1, in_features), w, w_bits, in_features)
     y = (acc.float() * x_scale.reshape(-1, 1).float()) * w_scale.float().T
-    if bias is not None:
-        y = y + bias.float()
-    return y.reshape(*lead, -1).to(out_dtype)
+    return ref.epilogue(y, bias, comp, modality_ids, lead, out_dtype)
 
 
 @qlinear.register_fake
-def _(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype):
+def _(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp=None, modality_ids=None):
     return xq.new_empty((*xq.shape[:-1], w.shape[0]), dtype=out_dtype)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "unpack_weight",
     "int_matmul_ref",
     "qlinear_ref",
+    "epilogue",
     "wlinear_ref",
 ]
 
@@ -32,25 +33,34 @@ def qrange(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def _token_clip(clip: torch.Tensor, modality_ids: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+def _token_rows(table: torch.Tensor, modality_ids: torch.Tensor | None, lead: torch.Size) -> torch.Tensor:
+    """Row ``m(t)`` of a per-modality table for every token (row 0 for all tokens without ids)."""
     if modality_ids is None:
-        return clip[0].reshape(1)
-    return clip.index_select(0, modality_ids.reshape(-1)).reshape(*x.shape[:-1], 1)
+        return table[0]
+    return table.index_select(0, modality_ids.reshape(-1)).reshape(*lead, *table.shape[1:])
 
 
 def quantize_act_ref(
-    x: torch.Tensor, clip: torch.Tensor, modality_ids: torch.Tensor | None, bits: int
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    modality_ids: torch.Tensor | None,
+    bits: int,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token dynamic symmetric quantization.
+    """Per-token dynamic symmetric quantization after the DABC shift.
 
-    ``s_t = clip[m(t)] * max_k |x_tk| / qmax``; ``q = clamp(round(x / s_t), qmin, qmax)`` in int8 containers.
+    ``x~ = x - shift[m(t)]`` (``shift [M, K]`` = mask * center per modality, none: ``x~ = x``);
+    ``s_t = clip[m(t)] * max_k |x~_tk| / qmax``; ``q = clamp(round(x~ / s_t), qmin, qmax)`` in int8 containers.
     An all-zero token gets scale 1 (its codes are 0 either way). Returns (codes ``[..., K]`` int8,
     scales ``[..., 1]`` fp32).
     """
     qmin, qmax = qrange(bits)
+    lead = x.shape[:-1]
     x32 = x.float()
+    if shift is not None:
+        x32 = x32 - _token_rows(shift.float(), modality_ids, lead)
     amax = x32.abs().amax(dim=-1, keepdim=True)
-    scale = _token_clip(clip.float(), modality_ids, x) * amax / qmax
+    scale = _token_rows(clip.float()[:, None], modality_ids, lead) * amax / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(x32 / scale), qmin, qmax).to(torch.int8)
     return q, scale
@@ -107,8 +117,11 @@ def qlinear_ref(
     group_size: int,
     in_features: int,
     out_dtype: torch.dtype,
+    comp: torch.Tensor | None = None,
+    modality_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integer linear: quantized activations (codes + per-token scales) times quantized weights."""
+    """Integer linear: quantized activations (codes + per-token scales) times quantized weights, plus the DABC
+    compensation ``comp[m(t)]`` (``comp [M, N]`` = shift_m W^T in fp32) for every token."""
     lead = xq.shape[:-1]
     x2 = xq.reshape(-1, in_features)
     s2 = x_scale.reshape(-1, 1).float()
@@ -118,8 +131,22 @@ def qlinear_ref(
         y = ((acc.float() * s2[:, :, None]) * w_scale.float().T[None]).sum(dim=1)
     else:
         y = (acc.float() * s2) * w_scale.float().T
+    return epilogue(y, bias, comp, modality_ids, lead, out_dtype)
+
+
+def epilogue(
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    comp: torch.Tensor | None,
+    modality_ids: torch.Tensor | None,
+    lead: torch.Size,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Add bias and per-token compensation to the fp32 ``[M, N]`` result, restore the leading dims, cast."""
     if bias is not None:
         y = y + bias.float()
+    if comp is not None:
+        y = y + _token_rows(comp.float(), modality_ids, lead).reshape(-1, comp.shape[-1])
     return y.reshape(*lead, -1).to(out_dtype)
 
 

@@ -142,3 +142,26 @@ def test_cpu_int_gemm_exact_through_chunks(x_bits, w_bits, k):
     w = pack_int4(wq) if w_bits == 4 else wq
     assert exact_float_chunk(8, 8) == 1024
     assert torch.equal(cpu_int_gemm(xq, w, w_bits, k), ref.int_matmul_ref(xq, wq))
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_dabc_shift_and_compensation(routed):
+    x = _rand((2, 5, 40))
+    x[..., 3] += 50.0  # an offset channel the shift removes
+    ids = torch.tensor([[0, 1, 2, 1, 0], [2, 2, 0, 0, 1]]) if routed else None
+    shift = torch.zeros(3 if routed else 1, 40)
+    shift[:, 3] = torch.tensor([50.0, 49.0, 51.0])[: shift.shape[0]]
+    q, s = ops.quantize_act(x, torch.ones(shift.shape[0]), ids, 4, shift)
+    rows = shift[ids] if routed else shift[0].expand_as(x)
+    xs = x - rows
+    torch.testing.assert_close(s, xs.abs().amax(-1, keepdim=True) / 7)
+    assert torch.equal((q, s)[0], ref.quantize_act_ref(x, torch.ones(shift.shape[0]), ids, 4, shift)[0])
+    w, codes, ws = _weights(6, 40, 4, 0)
+    wf = _rand((6, 40), 7)
+    comp = shift @ wf.T  # [M, N]
+    y = ops.qlinear(q, s, w, ws, None, 4, 0, 40, torch.float32, comp, ids)
+    assert torch.equal(y, ref.qlinear_ref(q, s, w, ws, None, 4, 0, 40, torch.float32, comp, ids))
+    base = ref.qlinear_ref(q, s, w, ws, None, 4, 0, 40, torch.float32)
+    torch.testing.assert_close(y - base, comp[ids] if routed else comp[0].expand(2, 5, 6))
+    torch.library.opcheck(ops.quantize_act.default, (x, torch.ones(shift.shape[0]), ids, 4, shift))
+    torch.library.opcheck(ops.qlinear.default, (q, s, w, ws, None, 4, 0, 40, torch.float32, comp, ids))
