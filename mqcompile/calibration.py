@@ -61,6 +61,19 @@ class LinearStats:
     def merged_absmax(self) -> torch.Tensor:
         return torch.stack([s.absmax for s in self.modalities.values()]).amax(0)
 
+    def token_groups(self, expected: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Reservoir tokens by modality key. When ``expected`` modalities (a routed fused linear) are not all
+        present, everything is merged into one ``shared`` group, with a warning naming the linear."""
+        groups = {k: v.reservoir for k, v in self.modalities.items() if v.reservoir.shape[0]}
+        if expected is not None and set(expected) - set(groups):
+            log.warning(
+                "linear %s: calibration has no %s tokens; it uses shared parameters for all modalities",
+                self.name,
+                sorted(set(expected) - set(groups)),
+            )
+            return {"shared": torch.cat(list(groups.values()))}
+        return groups
+
 
 def token_modality_ids(input_ids: torch.Tensor, token_ids: Mapping[str, Sequence[int]]) -> torch.Tensor:
     """Per-token index into MODALITIES, the same rule as the in-graph ``insert_modality_ids`` pass."""

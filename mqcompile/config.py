@@ -17,7 +17,18 @@ from types import MappingProxyType
 
 from .errors import ConfigError
 
-__all__ = ["MODALITIES", "PATHS", "METHODS", "CALIBRATED_METHODS", "Scheme", "SCHEMES", "QuantConfig", "scheme"]
+__all__ = [
+    "MODALITIES",
+    "PATHS",
+    "METHODS",
+    "CALIBRATED_METHODS",
+    "DABC_METHODS",
+    "MDQFO_METHODS",
+    "Scheme",
+    "SCHEMES",
+    "QuantConfig",
+    "scheme",
+]
 
 # Token modalities, in the order used for per-token modality ids and per-modality tables.
 MODALITIES: tuple[str, ...] = ("text", "vision", "audio")
@@ -49,9 +60,13 @@ SCHEMES: Mapping[str, Scheme] = MappingProxyType(
 
 
 # Methods: how parameters are chosen. "rtn": round to nearest, no calibration; "smoothquant": SmoothQuant
-# (per-channel migration of activation range into the weights, alpha = smooth_alpha) then round to nearest.
-METHODS: tuple[str, ...] = ("rtn", "smoothquant")
-CALIBRATED_METHODS: frozenset[str] = frozenset({"smoothquant"})
+# (per-channel migration of activation range into the weights, alpha = smooth_alpha) then round to nearest;
+# "dabc": DABC shifts + compensation only; "mdqfo_clips": MDQFO clip optimization without DABC;
+# "morphoquant": DABC + MDQFO (clips and masks), the full method.
+METHODS: tuple[str, ...] = ("rtn", "smoothquant", "dabc", "mdqfo_clips", "morphoquant")
+CALIBRATED_METHODS: frozenset[str] = frozenset(METHODS) - {"rtn"}
+DABC_METHODS: frozenset[str] = frozenset({"dabc", "morphoquant"})
+MDQFO_METHODS: frozenset[str] = frozenset({"dabc", "mdqfo_clips", "morphoquant"})
 
 
 def scheme(name: str) -> Scheme:
@@ -83,9 +98,15 @@ class QuantConfig:
             needed for per-token modality routing in fused linears. Model adapters provide them.
         sources: placeholder name -> modality for data-flow tagging; empty means the defaults
             (``input_ids``: text, ``pixel_values``/``pixel_values_videos``: vision, ``input_features``: audio).
-        method: ``rtn`` (round to nearest) or ``smoothquant`` (needs calibration).
+        method: ``rtn`` (round to nearest), or a calibrated one: ``smoothquant``, ``dabc``, ``mdqfo_clips``,
+            ``morphoquant`` (DABC + MDQFO).
         smooth_alpha: SmoothQuant migration strength in [0, 1].
         reservoir_tokens: calibration tokens kept per linear and modality (bounds calibration memory).
+        morph_weight: weight of MDQFO's morphology term.
+        mdqfo_ste_steps: straight-through refinement steps per linear (0 = grid search only).
+        mdqfo_time_budget_s: per-linear time budget of MDQFO (later steps are skipped when spent).
+        dabc_max_channels: most channels DABC may shift per linear and modality (None: K / 32).
+        seed: seed of every random choice (reservoir sampling, sub-sampling).
         debug: lint and validate the program after every pass, naming the pass that broke it.
 
     Example:
@@ -104,6 +125,11 @@ class QuantConfig:
     method: str = "rtn"
     smooth_alpha: float = 0.5
     reservoir_tokens: int = 256
+    morph_weight: float = 0.1
+    mdqfo_ste_steps: int = 10
+    mdqfo_time_budget_s: float | None = None
+    dabc_max_channels: int | None = None
+    seed: int = 0
     debug: bool = False
 
     def __post_init__(self) -> None:

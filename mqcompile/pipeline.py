@@ -14,8 +14,10 @@ from .passes import (
     PassResult,
     calibrate,
     check_program,
+    dabc_plan,
     find_linears,
     insert_modality_ids,
+    mdqfo,
     rewrite_linears,
     select_schemes,
     smooth_quant,
@@ -36,6 +38,8 @@ PIPELINE: tuple[tuple[str, PassFn], ...] = (
     ("insert_modality_ids", insert_modality_ids.run),
     ("calibrate", calibrate.run),
     ("smooth_quant", smooth_quant.run),
+    ("dabc_plan", dabc_plan.run),
+    ("mdqfo", mdqfo.run),
     ("rewrite_linears", rewrite_linears.run),
 )
 

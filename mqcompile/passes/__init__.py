@@ -3,8 +3,10 @@
 from . import (
     calibrate,
     check_program,
+    dabc_plan,
     find_linears,
     insert_modality_ids,
+    mdqfo,
     rewrite_linears,
     select_schemes,
     smooth_quant,
@@ -22,5 +24,7 @@ __all__ = [
     "insert_modality_ids",
     "calibrate",
     "smooth_quant",
+    "dabc_plan",
+    "mdqfo",
     "rewrite_linears",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch.export import ExportedProgram
 
 from ..config import QuantConfig
@@ -22,9 +21,11 @@ class PassContext:
     calibration: list[tuple[tuple, dict]] | None = None
     progress: bool = True
     # filled by passes: calibration statistics by linear name, and per-linear tensors for the rewrite
-    # (``weight``: replacement float weight, ``act_multiplier``: per-channel factor applied before quantization)
+    # (``weight``: replacement float weight, ``act_multiplier``: per-channel factor applied before quantization,
+    # ``gamma``: weight clip [N, 1], ``act_clip``/``shift``: modality key -> clip ratio / DABC shift [K])
     stats: dict[str, Any] | None = None
-    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # linear -> modality -> DabcPlan
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,17 +35,42 @@ def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
     return (gm.get_submodule(path) if path else gm), attr
 
 
-def quantized_weight(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def quantized_weight(
+    w: torch.Tensor, bits: int, group_size: int | None, gamma: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Codes as stored (packed uint8 for int4, int8 for int8), fp32 scales ``[N, G]``, and the group size used."""
     k = w.shape[1]
     group = group_size if group_size and group_size < k else 0
-    codes, scale = quantize_weight_ref(w.detach(), bits, group)
+    codes, scale = quantize_weight_ref(w.detach(), bits, group, gamma)
     return (pack_int4(codes) if bits == 4 else codes), scale, group
 
 
 def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, name: str, value: torch.Tensor):
     owner.register_buffer(name, value)
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
+
+
+def _rows(values: dict, routed: bool, default):
+    """Per-modality table rows: MODALITIES order when routed (missing keys take ``shared`` or the first value),
+    else the single entry."""
+    if not values:
+        return [default] * (len(MODALITIES) if routed else 1)
+    fallback = values.get("shared", next(iter(values.values())))
+    if not routed:
+        return [fallback]
+    return [values.get(m, fallback) for m in MODALITIES]
+
+
+def _act_tables(extra: dict, routed: bool, weight: torch.Tensor):
+    """(clip [M], shift [M, K] or None, compensation [M, N] or None) from MDQFO/DABC results."""
+    k = weight.shape[1]
+    clip = torch.tensor(_rows(extra.get("act_clip", {}), routed, 1.0), dtype=torch.float32)
+    shifts = extra.get("shift", {})
+    if not any(bool(v.any()) for v in shifts.values()):
+        return clip, None, None
+    shift = torch.stack(_rows(shifts, routed, torch.zeros(k))).float()
+    comp = shift @ weight.detach().float().T  # exact outlier mass through the unquantized W, in fp32
+    return clip, shift, comp
 
 
 def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], ctx) -> None:
@@ -56,7 +81,8 @@ def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[
     owner_path = w_node.target.rpartition(".")[0]
     extra = ctx.tensors.get(info["name"], {})
     weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
-    codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size)
+    gamma = extra.get("gamma")
+    codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
@@ -73,12 +99,20 @@ def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[
             )
             op = "wlinear"
         else:
-            clip = torch.ones(len(MODALITIES) if ids is not None else 1)
+            clip, shift, comp = _act_tables(extra, ids is not None, weight)
             ac = _add_buffer(gm, owner, owner_path, "mq_act_clip", clip)
-            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, (x, ac, ids, scheme.act_bits))
+            sh = None if shift is None else _add_buffer(gm, owner, owner_path, "mq_shift", shift)
+            qa_args = (x, ac, ids, scheme.act_bits, sh)
+            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, qa_args)
             xq = gm.graph.call_function(operator.getitem, (qa, 0))
             xs = gm.graph.call_function(operator.getitem, (qa, 1))
-            args = (xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype)
+            if comp is not None and ids is None and (bias is None or bias.op == "get_attr"):
+                # one-modality linear: the compensation is a constant row, folded into the bias
+                old = torch.zeros(comp.shape[1]) if bias is None else operator.attrgetter(bias.target)(gm)
+                bias = _add_buffer(gm, owner, owner_path, "mq_bias", (old.float() + comp[0]).to(old.dtype))
+                comp = None
+            cp = None if comp is None else _add_buffer(gm, owner, owner_path, "mq_comp", comp)
+            args = (xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype, cp, ids)
             new = gm.graph.call_function(torch.ops.mqcompile.qlinear.default, args)
             meta.set_fields(qa, **info, op="quantize_act")
             op = "qlinear"

@@ -1,0 +1,15 @@
+"""Pure tensor solvers of the method (no graph code): DABC planning and MDQFO optimization."""
+
+from .dabc import DabcPlan, plan_dabc
+from .mdqfo import MdqfoOptions, MdqfoResult, fake_quant_act, fake_quant_weight, layer_loss, optimize_linear
+
+__all__ = [
+    "DabcPlan",
+    "plan_dabc",
+    "MdqfoOptions",
+    "MdqfoResult",
+    "optimize_linear",
+    "layer_loss",
+    "fake_quant_act",
+    "fake_quant_weight",
+]
