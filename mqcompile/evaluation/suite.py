@@ -34,6 +34,10 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
     "W4A16-RTN": {"default": "w4a16"},
     "W4A4-RTN": {"default": "w4a4"},
     "W4A4-SmoothQuant": {"default": "w4a4", "method": "smoothquant", "smooth_alpha": 0.5},
+    # ablations of the method: +DABC, +MDQFO (clips only), full MorphoQuant
+    "W4A4-DABC": {"default": "w4a4", "method": "dabc"},
+    "W4A4-MDQFO-clips": {"default": "w4a4", "method": "mdqfo_clips"},
+    "W4A4-MorphoQuant": {"default": "w4a4", "method": "morphoquant"},
 }
 
 
