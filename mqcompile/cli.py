@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 __all__ = ["main"]
 
 
+# The real-weights part of the demo: the float model, the plain W4A4 baseline and the full method, in quick mode.
+DEMO_METHODS = ("FP", "W4A4-RTN", "W4A4-MorphoQuant")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_tables, run_demo
+    from .errors import CheckpointError
 
     result = run_demo(args.out, scheme=args.scheme, seed=args.seed, progress=not args.no_progress)
     sys.stdout.write(format_tables(result) + "\n")
+    if args.tiny_only:
+        return 0
+    from .evaluation import run_suite, write_results
+    from .evaluation.suite import format_results
+
+    try:
+        data = run_suite(methods=DEMO_METHODS, quick=True, seed=args.seed, progress=not args.no_progress)
+    except (CheckpointError, ModuleNotFoundError) as exc:
+        sys.stdout.write(f"\nreal-weights quick suite skipped: {exc}\n")
+        return 0
+    path = os.path.join(args.out, "RESULTS_demo.md")
+    write_results(data, path)
+    sys.stdout.write("\n" + format_results(data) + f"\nwrote {path}\n")
     return 0
 
 
@@ -32,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqcompile", description="W4A4 quantization compiler for omni-modal models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each pass")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="export the tiny Qwen2.5-Omni thinker, quantize it, print fidelity")
+    demo = sub.add_parser(
+        "demo",
+        help="tiny Qwen2.5-Omni thinker: export, quantize, fidelity; then real models (quick) with the eval extra",
+    )
     demo.add_argument("--out", default="out", help="folder for the saved program (default: out)")
     demo.add_argument("--scheme", default="w4a4", choices=["w4a4", "w4a16", "w8a8"])
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--tiny-only", action="store_true", help="skip the real-weights quick suite")
     demo.set_defaults(func=_demo)
     from .evaluation.suite import METHODS, TASKS
 

@@ -5,7 +5,7 @@ from mqcompile.cli import main
 
 
 def test_demo_prints_tables_and_saves(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--no-progress", "--tiny-only"]) == 0
     out = capsys.readouterr().out
     assert "Linears by modality path" in out and "Logit fidelity" in out
     rows = {
