@@ -95,8 +95,7 @@ def run_task(task: Task, methods: Sequence[str], progress: bool = True) -> dict[
                 linears[rec.modality] = linears.get(rec.modality, 0) + 1
         quantize_s = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.inference_mode():
-            metrics = task.evaluate(modules)
+        metrics = task.evaluate(modules)  # tasks manage grad mode themselves (a probe may need autograd)
         eval_s = time.perf_counter() - start
         out[method] = MethodResult(metrics, quantize_s, eval_s, by_modality(sqnr), linears)
         log.info("%s %s: %s (quantize %.1fs, eval %.1fs)", task.name, method, metrics, quantize_s, eval_s)
