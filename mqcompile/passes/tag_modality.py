@@ -4,7 +4,8 @@ Needs: ``find_linears``. Guarantees: each linear's meta has ``modality`` (``text
 when tokens of several modalities reach it) and ``sources`` (sorted modalities reaching it), and ``tagged_by``
 (``data_flow``, or ``module_path`` for a linear no source reaches, tagged from its ``nn_module_stack`` as a hint).
 
-Data flow rather than module names because ``nn_module_stack`` paths differ across transformers versions
+Only tensor values propagate a modality (sizes do not). Data flow rather than module names because
+``nn_module_stack`` paths differ across transformers versions
 (see DESIGN.md). Sources come from ``QuantConfig.sources`` or, by default, from the input names below; a program
 with none of those names (any other model) treats all its inputs as one text source.
 """
@@ -34,6 +35,7 @@ DEFAULT_SOURCES = {
     "pixel_values": "vision",
     "pixel_values_videos": "vision",
     "input_features": "audio",
+    "decoder_input_ids": "text",
 }
 _PATH_HINTS = (("visual", "vision"), ("vision", "vision"), ("audio", "audio"))
 
@@ -68,12 +70,24 @@ def _mutated_args(node: fx.Node) -> list[fx.Node]:
     return out
 
 
+def _carries_data(node: fx.Node) -> bool:
+    """Tensors carry token data; sizes and other scalars (``sym_size``, ``.item()``) carry only shape facts. A shared
+    dynamic batch dim would otherwise make ``input_ids`` "reach" every audio linear through a reshape."""
+    val = node.meta.get("val")
+    if isinstance(val, (list, tuple)):
+        return any(isinstance(v, torch.Tensor) for v in val)
+    return val is None or isinstance(val, torch.Tensor)
+
+
 def data_flow_graph(graph: fx.Graph) -> nx.DiGraph:
-    """Value edges of the fx graph, plus an edge from every in-place op to the base tensor it writes into
-    (``h[:, a:b] = img`` writes image data into ``h`` through a view; without this edge it would look text-only)."""
+    """Value edges of the fx graph (tensor values only), plus an edge from every in-place op to the base tensor it
+    writes into (``h[:, a:b] = img`` writes image data into ``h`` through a view; without this edge it would look
+    text-only)."""
     g = nx.DiGraph()
     for node in graph.nodes:
         g.add_node(node.name)
+        if not _carries_data(node):
+            continue
         for user in node.users:
             g.add_edge(node.name, user.name)
         for target in _mutated_args(node):

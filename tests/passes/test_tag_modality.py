@@ -63,3 +63,25 @@ def test_thinker_every_tower_linear_tagged_by_data_flow(thinker_ep, thinker_conf
         else:
             assert info["modality"] == "fused", info["name"]
     assert counts["vision"] > 0 and counts["audio"] > 0 and counts["fused"] > 0
+
+
+def test_sizes_do_not_carry_modality():
+    class EncDec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(8, 8)
+            self.emb = torch.nn.Embedding(20, 8)
+            self.dec = torch.nn.Linear(8, 8)
+
+        def forward(self, input_ids, input_features):
+            # the audio path is sliced with a size read from the text input: a shape edge, not data
+            h = self.enc(input_features[:, : input_ids.shape[1]])
+            return self.dec(self.emb(input_ids) + h)
+
+    seq = torch.export.Dim("seq", max=9)
+    ep = torch.export.export(
+        EncDec(), (torch.randint(0, 20, (2, 5)), torch.randn(2, 10, 8)), dynamic_shapes=({1: seq}, None)
+    )
+    assert any(n.target == torch.ops.aten.sym_size.int and n.args[0].name == "input_ids" for n in ep.graph.nodes)
+    tags, _ = _tags(ep, QuantConfig())
+    assert tags["enc"]["modality"] == "audio" and tags["dec"]["modality"] == "fused"
