@@ -24,8 +24,22 @@ from .program import QuantizedProgram
 
 __version__ = "0.1.0"
 
+
+def export_onnx(qp, path, example_inputs=None, opset: int = 21, variant: str = "w4a4", check: bool = True):
+    """Export a QuantizedProgram to ONNX QDQ (INT4 weights; ``w4a4``/``w4a8``/``w4a16`` activations) and check parity
+    in onnxruntime. Imported lazily: it needs the ``onnx``/``onnxscript``/``onnxruntime`` packages (``dev`` extra).
+
+    Example:
+        >>> report = mqcompile.export_onnx(qp, "model.onnx", variant="w4a16")  # doctest: +SKIP
+    """
+    from .onnx_export import export_onnx as _export
+
+    return _export(qp, path, example_inputs=example_inputs, opset=opset, variant=variant, check=check)
+
+
 __all__ = [
     "quantize",
+    "export_onnx",
     "QuantConfig",
     "QuantizedProgram",
     "MODALITIES",

@@ -1,0 +1,312 @@
+"""Lower the ``com.mqcompile.export`` markers to standard opset-21 ONNX (QDQ).
+
+Per quantized linear ``L`` (activation ``x [..., K]``, weight ``[N, K]``), numerics as in
+:mod:`mqcompile.kernels.reference`::
+
+    x2 = Reshape(x, [-1, K])                       # tokens x K, fp32 (no Reshape when x is 2-D already)
+    x2 = Sub(x2, shift)                            # DABC shift: a [K] row, or Gather(shift [M, K], ids) when routed
+    s  = Div(Mul(clip, ReduceMax(Abs(x2))), qmax)  # per-token scale [T]; clip scalar (no Mul when 1) or Gather
+    s  = Where(s > 0, s, 1)
+    xd = DequantizeLinear(QuantizeLinear(x2, s, axis=0, output_dtype=INT4), s, axis=0)
+    y  = MatMul(xd, DequantizeLinear(L.qweight [K, N] INT4, L.w_scale))  # per-channel axis=1, or blocked axis=0
+    y  = Add(Add(y, bias), Gather(comp [M, N], ids))                   # DABC compensation when routed
+    y  = Reshape(y, [..., N])
+
+QuantizeLinear divides and rounds half to even, then saturates to [-8, 7], like ``torch.round`` + ``clamp`` in the
+reference (checked bit for bit in the tests). Variants change only the activation side: ``w4a8`` quantizes the
+4-bit activations to INT8 with ``qmax = 127``; ``w4a16`` drops the activation Q/DQ. ``w4a16`` also stores
+per-channel 4-bit weights blocked along K (block 16..128, the channel scale repeated per block, same dequantized
+values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from ..errors import UnsupportedProgramError
+from ..kernels.pack import unpack_int4
+from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, WLINEAR
+
+__all__ = ["VARIANTS", "LoweringStats", "lower_markers", "linear_name", "nbits_block"]
+
+VARIANTS: tuple[str, ...] = ("w4a4", "w4a8", "w4a16")
+_FLOAT = ir.DataType.FLOAT
+
+
+@dataclass
+class LoweringStats:
+    """What the lowering emitted (counted before graph optimization)."""
+
+    qlinear: int = 0
+    wlinear: int = 0
+    act_quant: int = 0
+    linears: list[str] = field(default_factory=list)
+
+
+def linear_name(node: ir.Node) -> str:
+    """The source linear's name (``mqcompile.meta`` of the fx node the exporter recorded), else the node's name."""
+    from .. import meta
+
+    fx_node = node.meta.get("node")
+    name = meta.get(fx_node).get("name") if fx_node is not None else None
+    return str(name or node.name or node.op_type)
+
+
+def nbits_block(k: int) -> int:
+    """Block size for MatMulNBits-friendly storage of a per-channel weight: a power of two in [16, 128], <= K."""
+    if k < 16:
+        return 0
+    return min(128, 1 << (k.bit_length() - 1))
+
+
+def _attr(node: ir.Node, name: str, default: int = 0) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.value)
+
+
+def _const(value: ir.Value | None, what: str, node: ir.Node) -> np.ndarray:
+    if value is None or value.const_value is None:
+        raise UnsupportedProgramError(
+            f"{linear_name(node)}: the {what} of {node.op_type} is computed in the graph, not a constant buffer; "
+            "ONNX export needs the quantized program's buffers as they come from mqcompile.quantize"
+        )
+    return value.const_value.numpy()
+
+
+def _input(node: ir.Node, i: int) -> ir.Value | None:
+    return node.inputs[i] if i < len(node.inputs) else None
+
+
+class _Lowerer:
+    def __init__(self, model: ir.Model, variant: str) -> None:
+        self.graph = model.graph
+        self.variant = variant
+        self.stats = LoweringStats()
+        self.acts: dict[ir.Node, dict] = {}
+        self._names: set[str] = set()
+
+    # --- construction helpers ---------------------------------------------------------------------------------
+    def _unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def init(self, name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(name=self._unique(name), const_value=ir.tensor(array, name=name))
+        value.const_value.name = value.name
+        self.graph.register_initializer(value)
+        return value
+
+    def op(self, anchor: ir.Node, prefix: str, op_type: str, inputs, **attrs) -> ir.Value:
+        node = ir.Node(
+            "",
+            op_type,
+            inputs,
+            attributes=ir.convenience.convert_attributes(attrs),
+            name=self._unique(f"{prefix}/{op_type}"),
+        )
+        self.graph.insert_before(anchor, node)
+        return node.outputs[0]
+
+    def ints(self, values) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)
+
+    # --- activations ------------------------------------------------------------------------------------------
+    def lower_act(self, qa: ir.Node, k: int | None = None) -> dict:
+        """Shared per QuantizeAct marker: flattened (shifted) activations, per-token scale, and Q/DQ values.
+        ``k``: in_features from the consuming qlinear (the activation's last dim may be a symbolic expression)."""
+        if qa in self.acts:
+            return self.acts[qa]
+        name = linear_name(qa)
+        p = f"{name}/act"
+        x, clip_v, ids, shift_v = (_input(qa, i) for i in range(4))
+        bits = _attr(qa, "bits", 4)
+        if k is None and x.shape is not None and isinstance(x.shape[-1], int):
+            k = x.shape[-1]
+        if not isinstance(k, int):
+            raise UnsupportedProgramError(f"{name}: the activation's last dim (in_features) must be static, got {k}")
+        clip = _const(clip_v, "clip table", qa).astype(np.float32)
+        act_bits = 8 if (self.variant == "w4a8" and bits == 4) else bits
+        qmax = float((1 << (act_bits - 1)) - 1)
+        x2 = x if x.type is None or x.type.dtype == _FLOAT else self.op(qa, p, "Cast", [x], to=_FLOAT)
+        if x.shape is None or x.shape.rank() != 2:  # tokens x K: per-token scales are per-axis (axis 0) scales
+            x2 = self.op(qa, p, "Reshape", [x2, self.init(f"{name}.act_shape", self.ints([-1, k]))])
+        ids_flat = None
+        if ids is not None:
+            ids_flat = self.op(qa, p, "Reshape", [ids, self.init(f"{name}.ids_shape", self.ints([-1]))])
+        if shift_v is not None:
+            shift = _const(shift_v, "DABC shift", qa).astype(np.float32)
+            if ids_flat is None:
+                rows = self.init(f"{name}.act_shift", shift[0])
+            else:
+                rows = self.op(qa, p, "Gather", [self.init(f"{name}.act_shift", shift), ids_flat], axis=0)
+            x2 = self.op(qa, p, "Sub", [x2, rows])
+        amax = self.op(
+            qa, p, "ReduceMax", [self.op(qa, p, "Abs", [x2]), self.init(f"{name}.axes", self.ints([1]))], keepdims=0
+        )
+        if ids_flat is not None:
+            amax = self.op(
+                qa, p, "Mul", [self.op(qa, p, "Gather", [self.init(f"{name}.act_clip", clip), ids_flat]), amax]
+            )
+        elif clip[0] != 1.0:  # clip * amax is amax exactly when clip is 1
+            amax = self.op(qa, p, "Mul", [self.init(f"{name}.act_clip", np.asarray(clip[0], np.float32)), amax])
+        scale = self.op(qa, p, "Div", [amax, self.init(f"{name}.act_qmax", np.asarray(qmax, np.float32))])
+        zero = self.init(f"{name}.zero", np.asarray(0.0, np.float32))
+        one = self.init(f"{name}.one", np.asarray(1.0, np.float32))
+        scale = self.op(qa, p, "Where", [self.op(qa, p, "Greater", [scale, zero]), scale, one])
+        info = {"x": x, "x2": x2, "scale": scale, "ids_flat": ids_flat, "bits": bits, "k": k, "q": None, "xd": None}
+        needs_codes = any(
+            v.is_graph_output() or any(not (c.domain == DOMAIN and c.op_type == QLINEAR) for c in v.consumers())
+            for v in qa.outputs
+        )
+        if self.variant != "w4a16" or needs_codes:
+            qtype = ir.DataType.INT4 if act_bits == 4 else ir.DataType.INT8
+            info["q"] = self.op(qa, p, "QuantizeLinear", [x2, scale], axis=0, output_dtype=qtype)
+            self.stats.act_quant += 1
+        if needs_codes:  # codes used outside a qlinear: materialize the op's own outputs
+            codes = self.op(qa, p, "Cast", [info["q"]], to=ir.DataType.INT8)
+            codes = self.op(qa, p, "Reshape", [codes, self.op(qa, p, "Shape", [x])])
+            lead = self.op(qa, p, "Shape", [x], start=0, end=-1)
+            one_shape = self.init(f"{name}.one_dim", self.ints([1]))
+            scale_shape = self.op(qa, p, "Concat", [lead, one_shape], axis=0)
+            scale_out = self.op(qa, p, "Reshape", [scale, scale_shape])
+            self._replace(qa.outputs[0], codes)
+            self._replace(qa.outputs[1], scale_out)
+        self.acts[qa] = info
+        return info
+
+    def dequantized_act(self, qa: ir.Node, info: dict) -> ir.Value:
+        if self.variant == "w4a16" or info["q"] is None:
+            return info["x2"]
+        if info["xd"] is None:
+            p = f"{linear_name(qa)}/act"
+            info["xd"] = self.op(qa, p, "DequantizeLinear", [info["q"], info["scale"]], axis=0)
+        return info["xd"]
+
+    # --- weights ----------------------------------------------------------------------------------------------
+    def weight(self, node: ir.Node, anchor: ir.Node, name: str, w_v, ws_v, bits: int, group: int, k: int):
+        codes = _const(w_v, "quantized weight", node)
+        scale = _const(ws_v, "weight scale", node).astype(np.float32)
+        q = unpack_int4(torch.from_numpy(codes), k).numpy() if bits == 4 else codes.astype(np.int8)
+        qt = np.ascontiguousarray(q.T)  # [K, N]: MatMul's B layout
+        n = q.shape[0]
+        attrs: dict = {}
+        if group:
+            scale_t = np.ascontiguousarray(scale.T)  # [G, N]
+            attrs = {"axis": 0, "block_size": group}
+        elif self.variant == "w4a16" and bits == 4 and nbits_block(k):
+            block = nbits_block(k)
+            scale_t = np.ascontiguousarray(np.repeat(scale.reshape(1, n), -(-k // block), axis=0))
+            attrs = {"axis": 0, "block_size": block}
+        else:
+            scale_t = scale.reshape(n)
+            attrs = {"axis": 1}
+        dtype = ml_dtypes.int4 if bits == 4 else np.int8
+        w_init = self.init(f"{name}.qweight", qt.astype(dtype))
+        s_init = self.init(f"{name}.w_scale", scale_t)
+        return self.op(anchor, name, "DequantizeLinear", [w_init, s_init], **attrs)
+
+    # --- linears ----------------------------------------------------------------------------------------------
+    def _replace(self, old: ir.Value, new: ir.Value) -> None:
+        new.type, new.shape = old.type, old.shape
+        was_output = old.is_graph_output()
+        name = old.name
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        if was_output:
+            old.name = None
+            new.name = name
+
+    def _epilogue(self, node, p, y, bias, comp_v, ids_flat, name):
+        if bias is not None:
+            b = bias
+            if bias.type is not None and bias.type.dtype != _FLOAT:
+                b = self.op(node, p, "Cast", [bias], to=_FLOAT)
+            y = self.op(node, p, "Add", [y, b])
+        if comp_v is not None:
+            comp = _const(comp_v, "DABC compensation", node).astype(np.float32)
+            if ids_flat is None:
+                rows = self.init(f"{name}.comp", comp[0])
+            else:
+                rows = self.op(node, p, "Gather", [self.init(f"{name}.comp", comp), ids_flat], axis=0)
+            y = self.op(node, p, "Add", [y, rows])
+        return y
+
+    def lower_qlinear(self, ql: ir.Node) -> None:
+        qa = ql.inputs[0].producer() if ql.inputs[0] is not None else None
+        name = linear_name(ql)
+        if qa is None or qa.domain != DOMAIN or qa.op_type != QUANTIZE_ACT or ql.inputs[1].producer() is not qa:
+            raise UnsupportedProgramError(
+                f"{name}: mqcompile::qlinear does not take its codes and scales straight from mqcompile::quantize_act; "
+                "ONNX export supports the graphs mqcompile.quantize writes"
+            )
+        k, bits, group = _attr(ql, "in_features"), _attr(ql, "w_bits", 4), _attr(ql, "group_size")
+        info = self.lower_act(qa, k)
+        xd = self.dequantized_act(qa, info)
+        wd = self.weight(ql, ql, name, ql.inputs[2], ql.inputs[3], bits, group, k)
+        y = self.op(ql, name, "MatMul", [xd, wd])
+        ids_flat = info["ids_flat"]
+        if _input(ql, 6) is not None and ids_flat is None:
+            ids_flat = self.op(ql, name, "Reshape", [ql.inputs[6], self.init(f"{name}.ids_shape", self.ints([-1]))])
+        y = self._epilogue(ql, name, y, _input(ql, 4), _input(ql, 5), ids_flat, name)
+        out = ql.outputs[0]
+        if info["x"].shape is None or info["x"].shape.rank() != 2:
+            n = int(ql.inputs[2].shape[0])
+            lead = self.op(ql, name, "Shape", [info["x"]], start=0, end=-1)
+            shape = self.op(ql, name, "Concat", [lead, self.init(f"{name}.out_features", self.ints([n]))], axis=0)
+            y = self.op(ql, name, "Reshape", [y, shape])
+        out_dtype = _attr(ql, "out_dtype", int(_FLOAT))
+        if out_dtype != int(_FLOAT):
+            y = self.op(ql, name, "Cast", [y], to=ir.DataType(out_dtype))
+        self._replace(out, y)
+        self.stats.qlinear += 1
+        self.stats.linears.append(name)
+
+    def lower_wlinear(self, wl: ir.Node) -> None:
+        name = linear_name(wl)
+        x = wl.inputs[0]
+        k, bits, group = _attr(wl, "in_features"), _attr(wl, "w_bits", 4), _attr(wl, "group_size")
+        wd = self.weight(wl, wl, name, wl.inputs[1], wl.inputs[2], bits, group, k)
+        x_dtype = x.type.dtype if x.type is not None else _FLOAT
+        if x_dtype != _FLOAT:
+            wd = self.op(wl, name, "Cast", [wd], to=x_dtype)
+        y = self.op(wl, name, "MatMul", [x, wd])
+        bias = _input(wl, 3)
+        if bias is not None:
+            y = self.op(wl, name, "Add", [y, bias])
+        self._replace(wl.outputs[0], y)
+        self.stats.wlinear += 1
+        self.stats.linears.append(name)
+
+    def run(self) -> LoweringStats:
+        self._names = {n.name for n in self.graph if n.name} | set(self.graph.initializers)
+        markers = [n for n in self.graph if n.domain == DOMAIN]
+        for node in markers:
+            if node.op_type == QLINEAR:
+                self.lower_qlinear(node)
+            elif node.op_type == WLINEAR:
+                self.lower_wlinear(node)
+        for node in markers:  # quantize_act markers whose codes leave the qlinears (standalone quantize_act)
+            in_use = any(v.uses() or v.is_graph_output() for v in node.outputs)
+            if node.op_type == QUANTIZE_ACT and node not in self.acts and in_use:
+                self.lower_act(node)
+        for node in reversed(markers):
+            if any(v.uses() or v.is_graph_output() for v in node.outputs):
+                raise UnsupportedProgramError(
+                    f"internal: {node.op_type} marker {node.name} still in use after lowering"
+                )
+            self.graph.remove(node, safe=True)
+        self.graph.opset_imports.pop(DOMAIN, None)
+        return self.stats
+
+
+def lower_markers(model: ir.Model, variant: str) -> LoweringStats:
+    """Replace every ``com.mqcompile.export`` marker in ``model`` (in place) with standard ONNX nodes."""
+    return _Lowerer(model, variant).run()

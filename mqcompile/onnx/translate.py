@@ -1,0 +1,121 @@
+"""Translations of the ``mqcompile::`` ops for the torch ONNX exporter: one marker node per op.
+
+Each marker keeps the op's inputs (activations, modality ids and the program's buffers, which the exporter turns into
+initializers) and its integer arguments as attributes; :mod:`mqcompile.onnx.lower` replaces it with standard ONNX.
+The marker schemas are built locally and never registered with ``onnx.defs``.
+
+Example::
+
+    torch.onnx.export(ep, (), kwargs=inputs, dynamo=True, optimize=False, custom_translation_table=TABLE)
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+import torch
+
+from .. import kernels  # noqa: F401  (registers the mqcompile:: ops)
+
+__all__ = ["DOMAIN", "QUANTIZE_ACT", "QLINEAR", "WLINEAR", "TABLE", "translated_ops"]
+
+DOMAIN = "com.mqcompile.export"
+QUANTIZE_ACT, QLINEAR, WLINEAR = "QuantizeAct", "QLinear", "WLinear"
+
+_S = onnx.defs.OpSchema
+_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+_OPSET = onnxscript.values.Opset(DOMAIN, 1)
+
+
+def _param(name: str, type_str: str, optional: bool = False) -> _S.FormalParameter:
+    option = _S.FormalParameterOption.Optional if optional else _S.FormalParameterOption.Single
+    return _S.FormalParameter(name, type_str, param_option=option)
+
+
+def _op(name: str, inputs, outputs, attributes) -> onnxscript.values.Op:
+    schema = _S(
+        name,
+        DOMAIN,
+        1,
+        inputs=[_param(*i) for i in inputs],
+        outputs=[_param(*o) for o in outputs],
+        type_constraints=[("T", _FLOATS, "activation dtype"), ("W", ["tensor(uint8)", "tensor(int8)"], "codes")],
+        attributes=[_S.Attribute(a, _S.AttrType.INT) for a in attributes],
+    )
+    return onnxscript.values.Op(_OPSET, name, schema)
+
+
+_QUANTIZE_ACT = _op(
+    QUANTIZE_ACT,
+    [("x", "T"), ("clip", "tensor(float)"), ("modality_ids", "tensor(int64)", True), ("shift", "T", True)],
+    [("codes", "tensor(int8)"), ("scale", "tensor(float)")],
+    ["bits"],
+)
+_QLINEAR = _op(
+    QLINEAR,
+    [
+        ("xq", "tensor(int8)"),
+        ("x_scale", "tensor(float)"),
+        ("w", "W"),
+        ("w_scale", "tensor(float)"),
+        ("bias", "T", True),
+        ("comp", "tensor(float)", True),
+        ("modality_ids", "tensor(int64)", True),
+    ],
+    [("y", "T")],
+    ["w_bits", "group_size", "in_features", "out_dtype"],
+)
+_WLINEAR = _op(
+    WLINEAR,
+    [("x", "T"), ("w", "W"), ("w_scale", "tensor(float)"), ("bias", "T", True)],
+    [("y", "T")],
+    ["w_bits", "group_size", "in_features"],
+)
+
+
+def _quantize_act(x, clip, modality_ids=None, bits: int = 4, shift=None):
+    return _QUANTIZE_ACT(x, clip, modality_ids, shift, bits=bits)
+
+
+def _qlinear(
+    xq,
+    x_scale,
+    w,
+    w_scale,
+    bias=None,
+    w_bits: int = 4,
+    group_size: int = 0,
+    in_features: int = 0,
+    out_dtype: int = 1,
+    comp=None,
+    modality_ids=None,
+):
+    return _QLINEAR(
+        xq,
+        x_scale,
+        w,
+        w_scale,
+        bias,
+        comp,
+        modality_ids,
+        w_bits=w_bits,
+        group_size=group_size,
+        in_features=in_features,
+        out_dtype=int(out_dtype),
+    )
+
+
+def _wlinear(x, w, w_scale, bias=None, w_bits: int = 4, group_size: int = 0, in_features: int = 0):
+    return _WLINEAR(x, w, w_scale, bias, w_bits=w_bits, group_size=group_size, in_features=in_features)
+
+
+TABLE = {
+    torch.ops.mqcompile.quantize_act.default: _quantize_act,
+    torch.ops.mqcompile.qlinear.default: _qlinear,
+    torch.ops.mqcompile.wlinear.default: _wlinear,
+}
+
+
+def translated_ops() -> frozenset[str]:
+    """Qualified names (``mqcompile::qlinear``) of the ops this table translates."""
+    return frozenset(op.name().split(".")[0] for op in TABLE)
