@@ -10,8 +10,9 @@ import sys
 __all__ = ["main"]
 
 
-# The real-weights part of the demo: the float model, the plain W4A4 baseline and the full method, in quick mode.
-DEMO_METHODS = ("FP", "W4A4-RTN", "W4A4-MorphoQuant")
+# The real-weights part of the demo, in quick mode: the float model and the plain W4A4 baseline (the full method
+# and the other baselines: `mqcompile eval --quick`).
+DEMO_METHODS = ("FP", "W4A4-RTN")
 
 
 def _demo(args: argparse.Namespace) -> int:

