@@ -77,8 +77,10 @@ class MethodResult:
     linears: dict[str, int] = field(default_factory=dict)  # per modality path
 
 
-def run_task(task: Task, methods: Sequence[str], progress: bool = True) -> dict[str, MethodResult]:
-    specs = task.programs()
+def run_task(
+    task: Task, methods: Sequence[str], progress: bool = True, specs: Mapping[str, Any] | None = None
+) -> dict[str, MethodResult]:
+    specs = task.programs() if specs is None else specs
     out: dict[str, MethodResult] = {}
     for method in methods:
         overrides = METHODS[method]
