@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .api import quantize
+from .calibration import token_modality_ids
 from .config import MODALITIES, QuantConfig
 from .metrics import cosine, sqnr_db
 from .program import QuantizedProgram
@@ -24,15 +25,6 @@ class DemoResult:
     program: QuantizedProgram
     path: str
     fidelity: dict[str, dict[str, float]]  # token modality -> {"tokens", "cosine", "sqnr_db"}
-
-
-def token_modalities(input_ids: torch.Tensor, token_ids: dict[str, tuple[int, ...]]) -> torch.Tensor:
-    """Per-token index into MODALITIES (text where the token marks no other modality)."""
-    ids = torch.zeros_like(input_ids)
-    for modality, values in token_ids.items():
-        for value in values:
-            ids[input_ids == value] = MODALITIES.index(modality)
-    return ids
 
 
 def run_demo(out_dir: str, scheme: str = "w4a4", seed: int = 0, progress: bool = True) -> DemoResult:
@@ -60,7 +52,7 @@ def run_demo(out_dir: str, scheme: str = "w4a4", seed: int = 0, progress: bool =
     with torch.no_grad():
         ref = ep.module()(**sample)
         test = qp.module()(**sample)
-    mods = token_modalities(sample["input_ids"], token_ids)
+    mods = token_modality_ids(sample["input_ids"], token_ids)
     fidelity = {}
     for index, name in enumerate(MODALITIES):
         mask = mods == index

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.fx as fx
 
-__all__ = ["KEY", "get", "set_fields", "has", "clear"]
+__all__ = ["KEY", "get", "set_fields", "has", "clear", "is_linear_output"]
 
 KEY = "mqcompile"
 
@@ -40,3 +40,10 @@ def set_fields(node: fx.Node, **fields: Any) -> None:
 
 def clear(node: fx.Node) -> None:
     node.meta.get("custom", {}).pop(KEY, None)
+
+
+def is_linear_output(node: fx.Node) -> bool:
+    """The node computing a linear's output: the ``aten.linear`` itself, or ``qlinear``/``wlinear`` after rewrite
+    (not ``quantize_act``, which carries the same linear's meta)."""
+    info = get(node)
+    return node.op == "call_function" and info.get("linear") is True and info.get("op", "linear") != "quantize_act"

@@ -63,7 +63,7 @@ class QuantizedProgram:
         out = []
         for node in self.exported_program.graph.nodes:
             info = meta.get(node)
-            if node.op == "call_function" and info.get("linear") and info.get("op", "linear") != "quantize_act":
+            if meta.is_linear_output(node):
                 fields = ("name", "modality", "scheme", "in_features", "out_features")
                 out.append(LinearRecord(*(info[f] for f in fields), op=info.get("op", "linear")))
         return out

@@ -15,11 +15,6 @@ from ..passes import PassContext, find_linears, tag_modality
 __all__ = ["layer_sqnr", "by_modality"]
 
 
-def _is_linear_output(node) -> bool:
-    info = meta.get(node)
-    return node.op == "call_function" and info.get("linear") is True and info.get("op") in (None, "qlinear", "wlinear")
-
-
 def layer_sqnr(
     float_ep: ExportedProgram, quant_ep: ExportedProgram, batch: dict, config: QuantConfig | None = None
 ) -> dict[str, tuple[str, float]]:
@@ -30,7 +25,7 @@ def layer_sqnr(
     find_linears.run(ref_ep, ctx)
     tag_modality.run(ref_ep, ctx)
     ref: dict[str, torch.Tensor] = {}
-    run_observed(ref_ep, (), batch, _is_linear_output, lambda n, a, out: ref.__setitem__(meta.get(n)["name"], out))
+    run_observed(ref_ep, (), batch, meta.is_linear_output, lambda n, a, out: ref.__setitem__(meta.get(n)["name"], out))
     result: dict[str, tuple[str, float]] = {}
 
     def observe(node, args, out) -> None:
@@ -38,7 +33,7 @@ def layer_sqnr(
         if info["name"] in ref:
             result[info["name"]] = (info["modality"], sqnr_db(ref[info["name"]], out))
 
-    run_observed(quant_ep, (), batch, _is_linear_output, observe)
+    run_observed(quant_ep, (), batch, meta.is_linear_output, observe)
     return result
 
 
