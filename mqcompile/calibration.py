@@ -27,6 +27,7 @@ from . import meta
 from .config import MODALITIES
 from .errors import CalibrationError, NonFiniteError
 from .interpret import run_observed
+from .solvers.rotation import rotate_act
 
 __all__ = ["ChannelStats", "LinearStats", "collect", "token_modality_ids"]
 
@@ -122,8 +123,13 @@ def collect(
     reservoir_tokens: int = 256,
     seed: int = 0,
     progress: bool = True,
+    rotations: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, LinearStats]:
-    """Run ``ep`` (already analysed by find_linears/tag_modality) on calibration batches and gather statistics."""
+    """Run ``ep`` (already analysed by find_linears/tag_modality) on calibration batches and gather statistics.
+
+    ``rotations`` (linear name -> ``[B, B]`` block) makes the statistics describe the rotated input the quantizer
+    will see (the ``rotate`` pass)."""
+    rotations = dict(rotations or {})
     if not batches:
         raise CalibrationError(
             "this method needs calibration data: pass calibration=[batch, ...] (kwargs dicts shaped like the "
@@ -147,6 +153,8 @@ def collect(
                 )
             entry = stats.setdefault(info["name"], LinearStats(info["name"], info["modality"]))
             flat = x.reshape(-1, x.shape[-1]).float()
+            if info["name"] in rotations:
+                flat = rotate_act(flat, rotations[info["name"]])
             path = info["modality"]
             if path != "fused":
                 groups = {path: flat}

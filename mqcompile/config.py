@@ -106,7 +106,11 @@ class QuantConfig:
         mdqfo_ste_steps: straight-through refinement steps per linear (0 = grid search only).
         mdqfo_time_budget_s: per-linear time budget of MDQFO (later steps are skipped when spent).
         dabc_max_channels: most channels DABC may shift per linear and modality (None: K / 32).
-        seed: seed of every random choice (reservoir sampling, sub-sampling).
+        rotate: rotate each activation-quantized linear's input by a block-diagonal randomized Hadamard matrix
+            folded into its weight (QuaRot-style; an extra to any method but ``smoothquant``).
+        rotate_max_block: largest Hadamard block (a power of two; the block is the largest power of two that divides
+            the linear's K, at most this).
+        seed: seed of every random choice (reservoir sampling, sub-sampling, rotation signs).
         debug: lint and validate the program after every pass, naming the pass that broke it.
 
     Example:
@@ -129,6 +133,8 @@ class QuantConfig:
     mdqfo_ste_steps: int = 10
     mdqfo_time_budget_s: float | None = None
     dabc_max_channels: int | None = None
+    rotate: bool = False
+    rotate_max_block: int = 256
     seed: int = 0
     debug: bool = False
 
@@ -137,6 +143,10 @@ class QuantConfig:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise ConfigError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
+        if self.rotate and self.method == "smoothquant":
+            raise ConfigError("rotate=True does not combine with method='smoothquant'; use rtn or a MorphoQuant method")
+        if self.rotate_max_block < 2 or self.rotate_max_block & (self.rotate_max_block - 1):
+            raise ConfigError(f"rotate_max_block must be a power of two >= 2, got {self.rotate_max_block}")
         if self.reservoir_tokens < 1:
             raise ConfigError(f"reservoir_tokens must be >= 1, got {self.reservoir_tokens}")
         if self.version != 1:

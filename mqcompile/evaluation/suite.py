@@ -39,6 +39,9 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
     "W4A4-DABC": {"default": "w4a4", "method": "dabc"},
     "W4A4-MDQFO-clips": {"default": "w4a4", "method": "mdqfo_clips"},
     "W4A4-MorphoQuant": {"default": "w4a4", "method": "morphoquant"},
+    # extra rows, reported separately: an online block Hadamard rotation (QuaRot-style) before quantizing
+    "W4A4-RTN+Rot": {"default": "w4a4", "rotate": True},
+    "W4A4-MorphoQuant+Rot": {"default": "w4a4", "method": "morphoquant", "rotate": True},
 }
 
 

@@ -22,7 +22,8 @@ class PassContext:
     progress: bool = True
     # filled by passes: calibration statistics by linear name, and per-linear tensors for the rewrite
     # (``weight``: replacement float weight, ``act_multiplier``: per-channel factor applied before quantization,
-    # ``gamma``: weight clip [N, 1], ``act_clip``/``shift``: modality key -> clip ratio / DABC shift [K])
+    # ``gamma``: weight clip [N, 1], ``act_clip``/``shift``: modality key -> clip ratio / DABC shift [K],
+    # ``rotation``: [B, B] orthogonal block applied to the input before quantizing)
     stats: dict[str, Any] | None = None
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # linear -> modality -> DabcPlan
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)

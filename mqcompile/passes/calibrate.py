@@ -25,5 +25,6 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         ctx.config.modality_token_ids,
         reservoir_tokens=ctx.config.reservoir_tokens,
         progress=ctx.progress,
+        rotations={name: t["rotation"] for name, t in ctx.tensors.items() if "rotation" in t},
     )
     return PassResult(ep, {"batches": len(ctx.calibration), "linears": len(ctx.stats)})

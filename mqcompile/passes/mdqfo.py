@@ -48,7 +48,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     for node in tqdm(nodes, desc="mdqfo", unit="linear", disable=not ctx.progress, leave=False):
         info = meta.get(node)
         name = info["name"]
-        weight = ep.state_dict[targets[node.args[1].name][1]]
+        weight = ctx.tensors.get(name, {}).get("weight", ep.state_dict[targets[node.args[1].name][1]])
         k = info["in_features"]
         group = ctx.config.weight_group_size if ctx.config.weight_group_size and ctx.config.weight_group_size < k else 0
         tokens = ctx.stats[name].token_groups(expected_modalities(node, ctx))

@@ -3,9 +3,10 @@
 Needs: ``select_schemes`` (and ``insert_modality_ids`` for routed fused linears). Guarantees: every linear with a
 non-float scheme becomes ``quantize_act`` + ``qlinear`` (weights and activations quantized) or ``wlinear``
 (weight-only); packed weight codes, scales and per-modality activation clips become buffers next to the original
-weight (``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``); the float weight is dropped unless something
-else still uses it (tied weights). The new nodes carry the linear's meta plus ``op``. The program is re-exported
-once so the new buffers are proper lifted inputs.
+weight (``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``, and ``.mq_rotation`` when the ``rotate`` pass
+planned one: then the input is rotated by graph ops inserted once per input and block size); the float weight is
+dropped unless something else still uses it (tied weights). The new nodes carry the linear's meta plus ``op``. The
+program is re-exported once so the new buffers are proper lifted inputs.
 
 Weights are quantized by :func:`mqcompile.kernels.reference.quantize_weight_ref` rather than torchao's
 ``choose_qparams_affine``: its symmetric mapping divides by (qmax - qmin) / 2 = 7.5 for int4, which clips the
@@ -73,7 +74,21 @@ def _act_tables(extra: dict, routed: bool, weight: torch.Tensor):
     return clip, shift, comp
 
 
-def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], ctx) -> None:
+def _rotated(gm: fx.GraphModule, x: fx.Node, q: torch.Tensor, owner, owner_path: str, cache: dict) -> fx.Node:
+    """``x @ blockdiag(q, ...)`` as graph ops, one per (input, block) however many linears read it."""
+    b = q.shape[0]
+    if (x, b) not in cache:
+        k = x.meta["val"].shape[-1]
+        qb = _add_buffer(gm, owner, owner_path, "mq_rotation", q.to(x.meta["val"].dtype))
+        blocks = gm.graph.call_function(torch.ops.aten.unflatten.int, (x, -1, [k // b, b]))
+        rotated = gm.graph.call_function(torch.ops.aten.matmul.default, (blocks, qb))
+        cache[(x, b)] = gm.graph.call_function(torch.ops.aten.flatten.using_ints, (rotated, -2, -1))
+    return cache[(x, b)]
+
+
+def _rewrite_one(
+    gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[str, fx.Node], ctx, rotations: dict
+) -> None:
     scheme = SCHEMES[info["scheme"]]
     x, w_node = node.args[0], node.args[1]
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
@@ -86,6 +101,8 @@ def _rewrite_one(gm: fx.GraphModule, node: fx.Node, info: dict, ids_nodes: dict[
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
+        if "rotation" in extra:
+            x = _rotated(gm, x, extra["rotation"], owner, owner_path, rotations)
         if "act_multiplier" in extra:
             multiplier = _add_buffer(
                 gm, owner, owner_path, "mq_act_multiplier", extra["act_multiplier"].to(x.meta["val"].dtype)
@@ -141,13 +158,14 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     ids_nodes = {n.name: n for n in gm.graph.nodes if meta.get(n).get("modality_ids") is True}
     counts = {"matched": 0, "qlinear": 0, "wlinear": 0, "kept_float": 0}
     targets = [n for n in gm.graph.nodes if n.op == "call_function" and meta.get(n).get("linear")]
+    rotations: dict = {}
     for node in targets:
         info = meta.get(node)
         counts["matched"] += 1
         if SCHEMES[info["scheme"]].is_float:
             counts["kept_float"] += 1
             continue
-        _rewrite_one(gm, node, info, ids_nodes, ctx)
+        _rewrite_one(gm, node, info, ids_nodes, ctx, rotations)
         counts["wlinear" if SCHEMES[info["scheme"]].act_bits is None else "qlinear"] += 1
     counts["float_weights_dropped"] = _drop_unused_weights(gm)
     gm.graph.lint()

@@ -2,6 +2,7 @@
 
 from .dabc import DabcPlan, plan_dabc
 from .mdqfo import MdqfoOptions, MdqfoResult, fake_quant_act, fake_quant_weight, layer_loss, optimize_linear
+from .rotation import block_size, rotate_act, rotate_weight, rotation_block
 
 __all__ = [
     "DabcPlan",
@@ -12,4 +13,8 @@ __all__ = [
     "layer_loss",
     "fake_quant_act",
     "fake_quant_weight",
+    "block_size",
+    "rotation_block",
+    "rotate_act",
+    "rotate_weight",
 ]
