@@ -41,10 +41,29 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run_suite, write_results
     from .evaluation.suite import format_results
 
-    data = run_suite(args.tasks, args.methods, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     out = args.out or ("docs/RESULTS_quick.md" if args.quick else "docs/RESULTS.md")
+    command = "mqcompile " + " ".join(args.argv)
+    data = run_suite(
+        args.tasks,
+        args.methods,
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.no_progress,
+        on_task=lambda partial: write_results(partial, out),
+        command=command,
+    )
     write_results(data, out)
     sys.stdout.write(format_results(data) + f"\nwrote {out} and its .json\n")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from . import export_onnx
+    from .program import QuantizedProgram
+
+    qp = QuantizedProgram.load(args.program)
+    report = export_onnx(qp, args.output, opset=args.opset, variant=args.variant, check=not args.no_check)
+    sys.stdout.write(report.summary() + "\n")
     return 0
 
 
@@ -72,11 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
+    onx = sub.add_parser(
+        "export-onnx",
+        help="saved QuantizedProgram (.pt2) -> ONNX INT4 QDQ, checked in ONNX Runtime against the program",
+    )
+    onx.add_argument("program", help="a .pt2 written by QuantizedProgram.save (or `mqcompile demo`)")
+    onx.add_argument("output", help="the .onnx file to write")
+    onx.add_argument("--variant", default="w4a4", choices=["w4a4", "w4a8", "w4a16"], help="w4a16: ORT MatMulNBits")
+    onx.add_argument("--opset", type=int, default=21)
+    onx.add_argument("--no-check", action="store_true", help="skip the checker and the ONNX Runtime parity run")
+    onx.set_defaults(func=_export_onnx)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    return args.func(args)
+    from .errors import MQCompileError
+
+    try:
+        return args.func(args)
+    except MQCompileError as exc:  # our errors already say what to do; a traceback would bury that
+        sys.stderr.write(f"mqcompile {args.command}: error: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

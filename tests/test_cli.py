@@ -18,3 +18,21 @@ def test_demo_prints_tables_and_saves(tmp_path, capsys):
         assert 0.9 < cos < 1.0 and math.isfinite(sqnr) and sqnr > 5
     qp = QuantizedProgram.load(tmp_path / "tiny_thinker_w4a4.pt2")
     assert {r.modality for r in qp.linears()} == {"vision", "audio", "fused"}
+
+
+def test_export_onnx_subcommand(toy, tmp_path, capsys):
+    import mqcompile
+    from tests.conftest import TOY_CONFIG
+
+    _, _, ep = toy
+    mqcompile.quantize(ep, TOY_CONFIG, progress=False).save(tmp_path / "toy.pt2")
+    assert main(["export-onnx", str(tmp_path / "toy.pt2"), str(tmp_path / "toy.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "toy.onnx").stat().st_size > 0
+    cosine = float(out.split("cosine ")[1].split(",")[0])
+    assert cosine > 0.999 and "INT4 initializers" in out
+
+
+def test_export_onnx_subcommand_names_a_missing_program(tmp_path, capsys):
+    assert main(["export-onnx", str(tmp_path / "nope.pt2"), str(tmp_path / "x.onnx")]) == 2
+    assert "no such file" in capsys.readouterr().err
