@@ -20,6 +20,7 @@ from .errors import (
     ProgramFileError,
     UnsupportedProgramError,
 )
+from .lowering import compile  # noqa: A004  (mqcompile.compile, like torch.compile)
 from .program import QuantizedProgram
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ def export_onnx(qp, path, example_inputs=None, opset: int = 21, variant: str = "
 
 __all__ = [
     "quantize",
+    "compile",
     "export_onnx",
     "QuantConfig",
     "QuantizedProgram",

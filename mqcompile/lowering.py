@@ -1,0 +1,79 @@
+"""``mqcompile.compile``: deploy a QuantizedProgram through ``torch.compile`` (Inductor).
+
+On a GPU the program's ``mqcompile::quantize_act`` / ``mqcompile::qlinear`` nodes are swapped for their
+``triton_op`` twins (:mod:`mqcompile.kernels.triton_ops`), so Inductor sees our Triton kernels and fuses the
+surrounding ops (norms, residual adds, rotations) around them. On CPU the ops stay the exact integer CPU path
+(:func:`mqcompile.kernels.ops.cpu_int_gemm`) and Inductor compiles the rest. No global Inductor config is changed:
+options go through ``torch.compile``'s arguments only.
+
+Example:
+    >>> fast = mqcompile.compile(qp)            # doctest: +SKIP
+    >>> logits = fast(**inputs)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .kernels.triton_kernels import available as triton_available
+from .program import QuantizedProgram
+
+__all__ = ["compile", "use_triton_ops"]
+
+log = logging.getLogger(__name__)
+
+
+def use_triton_ops(gm: fx.GraphModule) -> dict[str, int]:
+    """Swap ``mqcompile::`` op nodes for their Triton twins in place (grouped-weight qlinears keep the reference)."""
+    from .kernels import triton_ops  # noqa: F401  (registers the triton ops; needs triton)
+
+    ops = torch.ops.mqcompile
+    counts = {"quantize_act": 0, "qlinear": 0, "kept": 0}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == ops.quantize_act.default:
+            node.target = ops.quantize_act_triton.default
+            counts["quantize_act"] += 1
+        elif node.target == ops.qlinear.default:
+            if node.args[6]:  # group_size
+                counts["kept"] += 1
+                continue
+            node.target = ops.qlinear_triton.default
+            counts["qlinear"] += 1
+    gm.recompile()
+    return counts
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
+    qp: QuantizedProgram, *, device: str | torch.device | None = None, triton: bool | None = None, **compile_kwargs: Any
+):
+    """``torch.compile`` the quantized program's module.
+
+    Args:
+        qp: from :func:`mqcompile.quantize` or :meth:`QuantizedProgram.load`.
+        device: move the module there first (e.g. ``"cuda"``); default: where its weights are.
+        triton: use the Triton kernels (default: when the module is on CUDA and triton is installed).
+        compile_kwargs: passed to ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``...).
+    """
+    # inference deployment: with parameters that require grad, AOTAutograd would trace a backward graph, and the
+    # integer ops have no derivative
+    module = qp.module().requires_grad_(False)
+    if device is not None:
+        module = module.to(device)
+    use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
+    if use:
+        if not triton_available():
+            raise ModuleNotFoundError("triton=True needs the triton package: pip install triton")
+        log.info("Triton ops: %s", use_triton_ops(module))
+    return torch.compile(module, **compile_kwargs)

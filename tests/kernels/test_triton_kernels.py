@@ -1,0 +1,101 @@
+"""Triton kernels vs the references, bit for bit. Without a GPU they run in Triton's interpreter on CPU tensors."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must be set before the kernels are first JIT-decorated (they are lazy)
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import mqcompile  # noqa: E402
+from mqcompile.kernels import (
+    pack_int4,  # noqa: E402
+    triton_ops,  # noqa: E402, F401  (registers the triton ops)
+)
+from mqcompile.kernels import reference as ref  # noqa: E402
+from mqcompile.lowering import use_triton_ops  # noqa: E402
+from tests.conftest import TOY_CONFIG, toy_inputs  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODALITIES = 3
+
+# (tokens, K, N): one token, ragged M/N/K (K not a multiple of any block), a K spanning several blocks
+SHAPES = [(1, 96, 40), (37, 200, 70), (130, 130, 33), (16, 300, 129)]
+
+
+def _inputs(m, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    x[:, 3] *= 30  # a long-tailed channel
+    clip = torch.rand(MODALITIES, generator=g) * 0.5 + 0.5
+    ids = torch.randint(0, MODALITIES, (m,), generator=g)
+    shift = torch.randn(MODALITIES, k, generator=g)
+    return x, clip, ids, shift
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("routed", [False, True])
+def test_quantize_act_matches_reference(m, k, n, bits, routed):
+    x, clip, ids, shift = _inputs(m, k, m + k)
+    args = (x, clip, ids, bits, shift) if routed else (x, clip[:1], None, bits, None)
+    q, s = torch.ops.mqcompile.quantize_act_triton(*(a.to(DEVICE) if torch.is_tensor(a) else a for a in args))
+    q_ref, s_ref = ref.quantize_act_ref(*args)
+    assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+
+
+def test_quantize_act_ties_and_zero_rows():
+    x = torch.tensor([[3.5, -7.0, 0.5, 2.5], [0.0, 0.0, 0.0, 0.0], [1.5, -2.5, 7.0, 6.5]])  # exact halves: to even
+    q, s = torch.ops.mqcompile.quantize_act_triton(x.to(DEVICE), torch.ones(1, device=DEVICE), None, 4)
+    q_ref, s_ref = ref.quantize_act_ref(x, torch.ones(1), None, 4)
+    assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+    assert q_ref[0].tolist() == [4, -7, 0, 2]
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+@pytest.mark.parametrize("w_bits", [4, 8])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_qlinear_matches_reference(m, k, n, w_bits, out_dtype):
+    g = torch.Generator().manual_seed(m * k + n)
+    x, clip, ids, shift = _inputs(m, k, n)
+    xq, xs = ref.quantize_act_ref(x, clip, ids, w_bits, shift)
+    lim = 1 << (w_bits - 1)
+    wq = torch.randint(-lim, lim, (n, k), generator=g, dtype=torch.int8)
+    w = pack_int4(wq) if w_bits == 4 else wq
+    ws, bias, comp = torch.rand(n, 1, generator=g), torch.randn(n, generator=g), torch.randn(MODALITIES, n, generator=g)
+    for args in (
+        (xq, xs, w, ws, bias, w_bits, 0, k, out_dtype, comp, ids),  # routed compensation
+        (xq, xs, w, ws, None, w_bits, 0, k, out_dtype, None, None),  # plain
+    ):
+        got = torch.ops.mqcompile.qlinear_triton(*(a.to(DEVICE) if torch.is_tensor(a) else a for a in args))
+        assert torch.equal(got.cpu(), ref.qlinear_ref(*args))
+
+
+def test_int32_accumulators_are_exact_at_the_extremes():
+    # every product at its largest magnitude: (-128) * (-128) * K, far above fp32's exact-integer range per token
+    k, n = 1100, 17
+    xq = torch.full((3, k), -128, dtype=torch.int8)
+    wq = torch.full((n, k), -128, dtype=torch.int8)
+    ones = torch.ones(3, 1), torch.ones(n, 1)
+    got = torch.ops.mqcompile.qlinear_triton(
+        xq.to(DEVICE), ones[0].to(DEVICE), wq.to(DEVICE), ones[1].to(DEVICE), None, 8, 0, k, torch.float64
+    )
+    assert torch.equal(got.cpu(), torch.full((3, n), float(128 * 128 * k), dtype=torch.float64))
+
+
+def test_program_with_triton_ops_equals_the_program(toy):
+    _, kwargs, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    module = qp.module().to(DEVICE)
+    counts = use_triton_ops(module)
+    assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0}
+    for seed in (0, 3):
+        inputs = {k: v.to(DEVICE) for k, v in toy_inputs(seed).items()}
+        assert torch.equal(module(**inputs).cpu(), qp.module()(**toy_inputs(seed)))
+
+
+def test_triton_op_rejects_grouped_weights():
+    xq, xs, w, ws = torch.zeros(2, 8, dtype=torch.int8), torch.ones(2, 1), torch.zeros(4, 4, dtype=torch.uint8), None
+    with pytest.raises(NotImplementedError, match="per-channel"):
+        torch.ops.mqcompile.qlinear_triton(xq, xs, w, torch.ones(4, 2), ws, 4, 4, 8, torch.float32)

@@ -1,0 +1,25 @@
+import dataclasses
+
+import torch
+
+import mqcompile
+from mqcompile.lowering import use_triton_ops
+from tests.conftest import TOY_CONFIG, toy_inputs
+
+
+def test_compile_on_cpu_matches_the_program(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    fast = mqcompile.compile(qp)  # CPU: Inductor around the exact integer ops, no Triton
+    for seed in (1, 2):
+        assert torch.equal(fast(**toy_inputs(seed)), qp.module()(**toy_inputs(seed)))
+
+
+def test_grouped_weights_keep_the_reference_op(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, dataclasses.replace(TOY_CONFIG, weight_group_size=4), progress=False)
+    module = qp.module()
+    counts = use_triton_ops(module)
+    assert counts == {"quantize_act": 4, "qlinear": 0, "kept": 4}
+    targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
+    assert torch.ops.mqcompile.qlinear.default in targets
