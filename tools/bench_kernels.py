@@ -1,0 +1,243 @@
+"""W4A4 linear kernels vs bf16 and the int8/fp8 baselines, at Qwen2.5-Omni-7B shapes; one command, one run.
+
+    python tools/bench_kernels.py                      # GPU: Triton kernels; CPU: the exact integer CPU path
+    python tools/bench_kernels.py --ms 1 16 --no-stack --out /tmp/bench
+
+Per (shape, M) the time of every column is measured in the same run and reported as speedup over bf16
+``torch.matmul`` (>1 is faster): ``int_mm`` (``torch._int_mm``, int8), ``scaled_mm`` (``torch._scaled_mm``, fp8 e4m3
+rowwise scales; GPU only), ``ours_gemm`` (``mqcompile::qlinear`` on pre-quantized codes; on CUDA its Triton kernel),
+``ours_full`` (``quantize_act`` + ``qlinear``: what a quantized linear costs), and on CPU ``fp32``. ``ours_tops`` is
+the GEMM's integer TOPS. Then, unless ``--no-stack``: a 4-layer Qwen2 decoder stack at 7B dims (random weights,
+small vocabulary) through ``mqcompile.compile`` vs the bf16 (CPU: fp32) model through ``torch.compile``, prefill
+(``--prefill`` tokens) and decode (batch 16, one token, no KV cache), and the weight bytes of both.
+
+Writes ``bench_kernels.json`` and ``bench_kernels.md`` under ``--out`` (default ``docs/``), names the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mqcompile  # noqa: E402
+from mqcompile.kernels import pack_int4  # noqa: E402
+from mqcompile.kernels import reference as ref  # noqa: E402
+
+log = logging.getLogger("bench_kernels")
+
+SHAPES = [  # (name, K, N): Qwen2.5-Omni-7B thinker, vision tower, audio tower
+    ("thinker.qkv", 3584, 4608),
+    ("thinker.o", 3584, 3584),
+    ("thinker.gate_up", 3584, 18944),
+    ("thinker.down", 18944, 3584),
+    ("vision.fc1", 1280, 3420),
+    ("vision.attn", 1280, 1280),
+    ("audio.fc1", 1280, 5120),
+    ("audio.fc2", 5120, 1280),
+]
+
+
+def timer(device: torch.device, reps: int):
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=10, rep=max(reps * 5, 50))  # ms, L2 flushed between runs
+
+    def cpu(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1e3 * sorted(times)[len(times) // 2]
+
+    return cpu
+
+
+def _ops(device: torch.device):
+    if device.type == "cuda":
+        from mqcompile.kernels import triton_ops  # noqa: F401
+
+        return torch.ops.mqcompile.quantize_act_triton, torch.ops.mqcompile.qlinear_triton
+    return torch.ops.mqcompile.quantize_act, torch.ops.mqcompile.qlinear
+
+
+def bench_linear(name, k, n, m, device, measure) -> dict:
+    g = torch.Generator().manual_seed(k * n + m)
+    x = torch.randn(m, k, generator=g).to(device)
+    w = (torch.randn(n, k, generator=g) * 0.02).to(device)
+    quantize_act, qlinear = _ops(device)
+    row = {"shape": name, "K": k, "N": n, "M": m}
+    xb, wb = x.bfloat16(), w.bfloat16()
+    t_bf16 = measure(lambda: xb @ wb.T)
+    row["bf16_ms"] = t_bf16
+    if device.type == "cpu":
+        row["fp32"] = t_bf16 / measure(lambda: x @ w.T)
+    x8 = torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8).to(device)
+    w8t = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8).to(device).T
+    try:  # CUDA needs M > 16 and K, N multiples of 8
+        row["int_mm"] = t_bf16 / measure(lambda: torch._int_mm(x8, w8t))
+    except RuntimeError as exc:
+        row["int_mm"], row["int_mm_note"] = math.nan, str(exc).splitlines()[0][:80]
+    if device.type == "cuda":
+        try:
+            xf, wf = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+            sa, sb = torch.ones(m, 1, device=device), torch.ones(1, n, device=device)
+            row["scaled_mm"] = t_bf16 / measure(
+                lambda: torch._scaled_mm(xf, wf.T, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+            )
+        except RuntimeError as exc:
+            row["scaled_mm"], row["scaled_mm_note"] = math.nan, str(exc).splitlines()[0][:80]
+    codes, w_scale = ref.quantize_weight_ref(w.float().cpu(), 4)
+    wq, ws = pack_int4(codes).to(device), w_scale.to(device)
+    clip = torch.ones(1, device=device)
+    xq, xs = quantize_act(x, clip, None, 4)
+    out_dtype = torch.bfloat16
+    t_gemm = measure(lambda: qlinear(xq, xs, wq, ws, None, 4, 0, k, out_dtype))
+    row["ours_gemm"] = t_bf16 / t_gemm
+    row["ours_tops"] = 2 * m * n * k / (t_gemm * 1e-3) / 1e12
+
+    def full():
+        q, s = quantize_act(x, clip, None, 4)
+        return qlinear(q, s, wq, ws, None, 4, 0, k, out_dtype)
+
+    row["ours_full"] = t_bf16 / measure(full)
+    return row
+
+
+def decoder_stack(device: torch.device, layers: int, small: bool):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from mqcompile.models.qwen2_text import export_causal_lm
+
+    dims = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4)
+    if small:  # for a CPU smoke run of this code path
+        dims = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+    config = Qwen2Config(vocab_size=1024, num_hidden_layers=layers, max_position_embeddings=8192, **dims)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    ids = torch.randint(0, 1024, (2, 16))
+    ep = export_causal_lm(model, ids, torch.ones_like(ids))
+    return model, ep
+
+
+def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
+    model, ep = decoder_stack(device, layers, small)
+    qp = mqcompile.quantize(ep, mqcompile.QuantConfig(), progress=False)  # W4A4 RTN, lm_head float
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    base = torch.compile(ep.module().requires_grad_(False).to(device=device, dtype=dtype))
+    ours = mqcompile.compile(qp, device=device)
+    rows = []
+    for label, shape in (("prefill", (1, prefill)), ("decode", (16, 1))):
+        ids = torch.randint(0, 1024, shape, device=device)
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            t_base = measure(lambda ids=ids, mask=mask: base(input_ids=ids, attention_mask=mask))
+            t_ours = measure(lambda ids=ids, mask=mask: ours(input_ids=ids, attention_mask=mask))
+        rows.append(
+            {"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours, "speedup": t_base / t_ours}
+        )
+    float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
+    quant_bytes = sum(
+        v.numel() * v.element_size() for n, v in qp.exported_program.state_dict.items() if ".layers." in f".{n}"
+    )
+    rows.append({"case": "weights (decoder layers)", "bf16_bytes": float_bytes, "w4_bytes": quant_bytes,
+                 "ratio": quant_bytes / float_bytes})  # fmt: skip
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores (CPU mode)"
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def markdown(data: dict) -> str:
+    cols = ["int_mm", "scaled_mm", "ours_gemm", "ours_full"] + (["fp32"] if "CPU mode" in data["device"] else [])
+    lines = [
+        f"# Kernel benchmark ({data['device']})",
+        "",
+        f"torch {data['torch']}, `python tools/bench_kernels.py {' '.join(data['argv'])}`. Speedup over bf16 "
+        "`torch.matmul` measured in the same run (>1 is faster); `ours_tops`: integer TOPS of our GEMM.",
+        "",
+        "| shape | K | N | M | bf16 ms | " + " | ".join(cols) + " | ours TOPS |",
+        "|---" * (len(cols) + 6) + "|",
+    ]
+    for r in data["linears"]:
+        cells = [_fmt(r.get(c)) for c in cols]
+        lines.append(
+            f"| {r['shape']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_ms']:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['ours_tops']:.1f} |"
+        )
+    if data.get("stack"):
+        lines += ["", "Decoder stack (mqcompile.compile vs torch.compile of the float model):", ""]
+        for r in data["stack"]:
+            if "speedup" in r:
+                lines.append(
+                    f"- {r['case']} {tuple(r['tokens'])}: baseline {r['baseline_ms']:.2f} ms, "
+                    f"ours {r['ours_ms']:.2f} ms, speedup {r['speedup']:.2f}x"
+                )
+            else:
+                lines.append(f"- {r['case']}: W4 {r['w4_bytes'] / 2**20:.1f} MiB vs bf16 "
+                             f"{r['bf16_bytes'] / 2**20:.1f} MiB ({r['ratio']:.3f}x)")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ms", type=int, nargs="+", default=None, help="token counts (GPU default 1 16 256 4096)")
+    p.add_argument("--shapes", nargs="+", default=None, help="subset of shape names")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--no-stack", action="store_true")
+    p.add_argument("--prefill", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--small-stack", action="store_true", help="tiny decoder dims (smoke test of the stack path)")
+    p.add_argument("--out", default="docs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ms = args.ms or ([1, 16, 256, 4096] if device.type == "cuda" else [1, 16, 256])
+    measure = timer(device, args.reps)
+    rows = []
+    for name, k, n in SHAPES:
+        if args.shapes and name not in args.shapes:
+            continue
+        for m in ms:
+            rows.append(bench_linear(name, k, n, m, device, measure))
+            log.info("%s", {key: (round(v, 3) if isinstance(v, float) else v) for key, v in rows[-1].items()})
+    data = {"device": device_name(device), "torch": torch.__version__, "argv": argv, "linears": rows}
+    if not args.no_stack:
+        data["stack"] = bench_stack(device, measure, args.prefill, args.layers, args.small_stack)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_kernels.json").write_text(json.dumps(data, indent=2, default=float))
+    (out / "bench_kernels.md").write_text(markdown(data))
+    print(markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
