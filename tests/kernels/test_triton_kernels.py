@@ -92,7 +92,11 @@ def test_program_with_triton_ops_equals_the_program(toy):
     assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0}
     for seed in (0, 3):
         inputs = {k: v.to(DEVICE) for k, v in toy_inputs(seed).items()}
-        assert torch.equal(module(**inputs).cpu(), qp.module()(**toy_inputs(seed)))
+        got, want = module(**inputs).cpu(), qp.module()(**toy_inputs(seed))
+        if DEVICE == "cpu":
+            assert torch.equal(got, want)
+        else:  # the float lm_head runs in cuBLAS vs MKL: last-bit differences there only
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_triton_op_rejects_grouped_weights():
