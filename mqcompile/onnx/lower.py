@@ -143,12 +143,9 @@ class _Lowerer:
         if ids is not None:
             ids_flat = self.op(qa, p, "Reshape", [ids, self.init(f"{name}.ids_shape", self.ints([-1]))])
         if shift_v is not None:
-            shift = _const(shift_v, "DABC shift", qa).astype(np.float32)
-            if ids_flat is None:
-                rows = self.init(f"{name}.act_shift", shift[0])
-            else:
-                rows = self.op(qa, p, "Gather", [self.init(f"{name}.act_shift", shift), ids_flat], axis=0)
-            x2 = self.op(qa, p, "Sub", [x2, rows])
+            x2 = self.op(
+                qa, p, "Sub", [x2, self.table_rows(qa, p, shift_v, "DABC shift", f"{name}.act_shift", ids_flat)]
+            )
         amax = self.op(
             qa, p, "ReduceMax", [self.op(qa, p, "Abs", [x2]), self.init(f"{name}.axes", self.ints([1]))], keepdims=0
         )
@@ -224,6 +221,13 @@ class _Lowerer:
             old.name = None
             new.name = name
 
+    def table_rows(self, node: ir.Node, p: str, value: ir.Value, what: str, init_name: str, ids_flat) -> ir.Value:
+        """A per-modality table ``[M, X]`` as per-token rows: row 0 as a constant, or ``Gather`` on the ids."""
+        table = _const(value, what, node).astype(np.float32)
+        if ids_flat is None:
+            return self.init(init_name, table[0])
+        return self.op(node, p, "Gather", [self.init(init_name, table), ids_flat], axis=0)
+
     def _epilogue(self, node, p, y, bias, comp_v, ids_flat, name):
         if bias is not None:
             b = bias
@@ -231,12 +235,9 @@ class _Lowerer:
                 b = self.op(node, p, "Cast", [bias], to=_FLOAT)
             y = self.op(node, p, "Add", [y, b])
         if comp_v is not None:
-            comp = _const(comp_v, "DABC compensation", node).astype(np.float32)
-            if ids_flat is None:
-                rows = self.init(f"{name}.comp", comp[0])
-            else:
-                rows = self.op(node, p, "Gather", [self.init(f"{name}.comp", comp), ids_flat], axis=0)
-            y = self.op(node, p, "Add", [y, rows])
+            y = self.op(
+                node, p, "Add", [y, self.table_rows(node, p, comp_v, "DABC compensation", f"{name}.comp", ids_flat)]
+            )
         return y
 
     def lower_qlinear(self, ql: ir.Node) -> None:
