@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mqcompile  # noqa: E402
+from mqcompile.evaluation.suite import cpu_name  # noqa: E402
 from mqcompile.kernels import pack_int4  # noqa: E402
 from mqcompile.kernels import reference as ref  # noqa: E402
 
@@ -161,12 +161,7 @@ def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores (CPU mode)"
+    return f"{cpu_name()}, {os.cpu_count()} cores (CPU mode)"
 
 
 def _fmt(v) -> str:

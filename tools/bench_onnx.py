@@ -29,20 +29,11 @@ import onnxruntime as ort
 import torch
 
 import mqcompile
+from mqcompile.evaluation.suite import cpu_name
 from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 
 log = logging.getLogger("bench_onnx")
 VARIANTS = ("w4a4", "w4a8", "w4a16")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _load() -> str:
@@ -184,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     machine = (
-        f"{platform.node()}: {_cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs; load average "
+        f"{platform.node()}: {cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs; load average "
         f"{load_before} before, {_load()} after), Python {platform.python_version()}, torch {torch.__version__}, "
         f"onnxruntime {ort.__version__}"
     )

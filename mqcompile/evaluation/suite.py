@@ -120,8 +120,9 @@ def run_suite(
 ) -> dict[str, Any]:
     """Run tasks x methods; returns a JSON-ready dict (results, metric directions, timing, machine).
 
-    ``on_task`` gets the partial dict after every task (``done`` lists the finished ones), so a long run leaves
-    its finished tasks on disk; ``command`` is recorded as what generated the results.
+    ``on_task`` gets the partial dict after every task (tasks listed in ``tasks`` but absent from ``results`` are
+    still pending), so a long run leaves its finished tasks on disk; ``command`` is recorded as what generated the
+    results.
     """
     start = time.perf_counter()
     results, metric_info = {}, {}
@@ -151,14 +152,20 @@ def run_suite(
     return data
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (platform's name elsewhere): what result files name the machine by."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def format_results(data: Mapping[str, Any]) -> str:
