@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -56,7 +57,12 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 
 def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
-    qp: QuantizedProgram, *, device: str | torch.device | None = None, triton: bool | None = None, **compile_kwargs: Any
+    qp: QuantizedProgram,
+    *,
+    device: str | torch.device | None = None,
+    triton: bool | None = None,
+    warmup: Iterable[dict[str, Any]] = (),
+    **compile_kwargs: Any,
 ):
     """``torch.compile`` the quantized program's module.
 
@@ -64,6 +70,9 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         qp: from :func:`mqcompile.quantize` or :meth:`QuantizedProgram.load`.
         device: move the module there first (e.g. ``"cuda"``); default: where its weights are.
         triton: use the Triton kernels (default: when the module is on CUDA and triton is installed).
+        warmup: keyword inputs run eagerly before compiling, at the token counts you will serve: on CUDA the GEMM
+            autotuner (:mod:`mqcompile.kernels.autotune`) times its candidates then, which it cannot do while
+            ``torch.compile`` traces with fake tensors (untimed shapes get the heuristic configs).
         compile_kwargs: passed to ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``...).
     """
     # inference deployment: with parameters that require grad, AOTAutograd would trace a backward graph, and the
@@ -76,4 +85,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         if not triton_available():
             raise ModuleNotFoundError("triton=True needs the triton package: pip install triton")
         log.info("Triton ops: %s", use_triton_ops(module))
+    with torch.no_grad():
+        for inputs in warmup:
+            module(**inputs)
     return torch.compile(module, **compile_kwargs)

@@ -17,6 +17,7 @@ Writes ``bench_kernels.json`` and ``bench_kernels.md`` under ``--out`` (default 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -31,16 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mqcompile  # noqa: E402
 from mqcompile.evaluation.suite import cpu_name  # noqa: E402
-from mqcompile.kernels import pack_int4  # noqa: E402
+from mqcompile.kernels import (
+    autotune,  # noqa: E402
+    pack_int4,  # noqa: E402
+)
 from mqcompile.kernels import reference as ref  # noqa: E402
 
 log = logging.getLogger("bench_kernels")
 
-SHAPES = [  # (name, K, N): Qwen2.5-Omni-7B thinker, vision tower, audio tower
-    ("thinker.qkv", 3584, 4608),
-    ("thinker.o", 3584, 3584),
+SHAPES = [  # (name, K, N): Qwen2.5-Omni-7B thinker, vision tower, audio tower; the MLP (the targets) first
     ("thinker.gate_up", 3584, 18944),
     ("thinker.down", 18944, 3584),
+    ("thinker.qkv", 3584, 4608),
+    ("thinker.o", 3584, 3584),
     ("vision.fc1", 1280, 3420),
     ("vision.attn", 1280, 1280),
     ("audio.fc1", 1280, 5120),
@@ -49,12 +53,46 @@ SHAPES = [  # (name, K, N): Qwen2.5-Omni-7B thinker, vision tower, audio tower
 
 
 def timer(device: torch.device, reps: int):
+    """``measure(make, nbytes) -> ms``: ``make()`` returns a call on its own copy of the inputs.
+
+    CUDA: enough copies that their bytes exceed 3x the L2 (so every call reads from HBM, as in a model whose
+    weights do not fit the cache), all captured in one CUDA graph (so launch gaps and Python dispatch stay out, for
+    every column alike); the median over replays, divided by the copies. CPU: median wall time of one copy.
+    """
     if device.type == "cuda":
-        from triton.testing import do_bench
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size
 
-        return lambda fn: do_bench(fn, warmup=10, rep=max(reps * 5, 50))  # ms, L2 flushed between runs
+        def cuda(make, nbytes: int) -> float:
+            fns = [make() for _ in range(max(1, min(64, math.ceil(3 * l2 / max(nbytes, 1)))))]
+            for fn in fns:  # warm-up: JIT compile and autotune happen here, outside the capture
+                fn()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    for fn in fns:
+                        fn()
+            except RuntimeError as exc:  # not capturable: events around eager calls, launch gaps included
+                log.warning("CUDA graph capture failed (%s); timing eagerly", str(exc).splitlines()[0][:100])
+                from triton.testing import do_bench
 
-    def cpu(fn):
+                return do_bench(fns[0], warmup=25, rep=100, return_mode="median")
+            graph.replay()
+            times = []
+            for _ in range(max(reps, 10)):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / len(fns))
+            del graph
+            return sorted(times)[len(times) // 2]
+
+        return cuda
+
+    def cpu(make, nbytes: int) -> float:
+        fn = make()
         fn()
         times = []
         for _ in range(reps):
@@ -66,12 +104,21 @@ def timer(device: torch.device, reps: int):
     return cpu
 
 
+def copies(fn, *tensors: torch.Tensor):
+    """A ``make()`` for :func:`timer`: each call binds ``fn`` to fresh copies of ``tensors``."""
+    return lambda: functools.partial(fn, *(t.clone() for t in tensors))
+
+
 def _ops(device: torch.device):
     if device.type == "cuda":
         from mqcompile.kernels import triton_ops  # noqa: F401
 
         return torch.ops.mqcompile.quantize_act_triton, torch.ops.mqcompile.qlinear_triton
     return torch.ops.mqcompile.quantize_act, torch.ops.mqcompile.qlinear
+
+
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def bench_linear(name, k, n, m, device, measure) -> dict:
@@ -81,14 +128,15 @@ def bench_linear(name, k, n, m, device, measure) -> dict:
     quantize_act, qlinear = _ops(device)
     row = {"shape": name, "K": k, "N": n, "M": m}
     xb, wb = x.bfloat16(), w.bfloat16()
-    t_bf16 = measure(lambda: xb @ wb.T)
+    t_bf16 = measure(copies(lambda a, b: a @ b.T, xb, wb), _nbytes(xb, wb) + 2 * m * n)
     row["bf16_ms"] = t_bf16
     if device.type == "cpu":
-        row["fp32"] = t_bf16 / measure(lambda: x @ w.T)
+        row["fp32"] = t_bf16 / measure(copies(lambda a, b: a @ b.T, x, w), 0)
     x8 = torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8).to(device)
-    w8t = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8).to(device).T
+    w8 = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8).to(device)
     try:  # CUDA needs M > 16 and K, N multiples of 8
-        row["int_mm"] = t_bf16 / measure(lambda: torch._int_mm(x8, w8t))
+        row["int_mm"] = t_bf16 / measure(copies(lambda a, b: torch._int_mm(a, b.T), x8, w8),
+                                         _nbytes(x8, w8) + 4 * m * n)  # fmt: skip
     except RuntimeError as exc:
         row["int_mm"], row["int_mm_note"] = math.nan, str(exc).splitlines()[0][:80]
     if device.type == "cuda":
@@ -96,28 +144,57 @@ def bench_linear(name, k, n, m, device, measure) -> dict:
             xf, wf = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
             sa, sb = torch.ones(m, 1, device=device), torch.ones(1, n, device=device)
             row["scaled_mm"] = t_bf16 / measure(
-                lambda: torch._scaled_mm(xf, wf.T, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
-            )
+                copies(lambda a, b: torch._scaled_mm(a, b.T, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16),
+                       xf, wf),
+                _nbytes(xf, wf) + 2 * m * n,
+            )  # fmt: skip
         except RuntimeError as exc:
             row["scaled_mm"], row["scaled_mm_note"] = math.nan, str(exc).splitlines()[0][:80]
     codes, w_scale = ref.quantize_weight_ref(w.float().cpu(), 4)
     wq, ws = pack_int4(codes).to(device), w_scale.to(device)
     clip = torch.ones(1, device=device)
-    xq, xs = quantize_act(x, clip, None, 4)
+    xq, xs = quantize_act(xb, clip, None, 4)
     out_dtype = torch.bfloat16
-    t_gemm = measure(lambda: qlinear(xq, xs, wq, ws, None, 4, 0, k, out_dtype))
+    exact = ((xq.double() @ codes.to(device).double().T).float() * xs) * ws.T  # int sums < 2**53: exact in fp64
+    got = qlinear(xq, xs, wq, ws, None, 4, 0, k, out_dtype)
+    row["exact"] = bool(torch.equal(got, exact.to(out_dtype)))
+    gemm_bytes = _nbytes(xq, wq) + 2 * m * n
+    t_gemm = measure(copies(lambda a, b: qlinear(a, xs, b, ws, None, 4, 0, k, out_dtype), xq, wq), gemm_bytes)
     row["ours_gemm"] = t_bf16 / t_gemm
     row["ours_tops"] = 2 * m * n * k / (t_gemm * 1e-3) / 1e12
-
-    def full():
-        q, s = quantize_act(x, clip, None, 4)
-        return qlinear(q, s, wq, ws, None, 4, 0, k, out_dtype)
-
-    row["ours_full"] = t_bf16 / measure(full)
+    row["ours_full"] = t_bf16 / measure(
+        copies(lambda a, b: qlinear(*quantize_act(a, clip, None, 4), b, ws, None, 4, 0, k, out_dtype), xb, wq),
+        gemm_bytes + _nbytes(xb),
+    )  # fmt: skip
+    if device.type == "cuda":
+        row.update(_carriers(xq, xs, codes.to(device), ws, k, exact, out_dtype, measure, t_bf16))
     return row
 
 
-def decoder_stack(device: torch.device, layers: int, small: bool):
+def _carriers(xq, xs, codes, ws, k, exact, out_dtype, measure, t_bf16) -> dict:
+    """The same GEMM on unpacked carriers: int4 values in int8 containers, and in e4m3 (fp32 accumulation)."""
+    from mqcompile.kernels.triton_ops import qlinear_launch
+
+    m, n = xq.shape[0], codes.shape[0]
+    cfg = autotune.cached(xq, n, k, "w4")  # the packed kernel's tiles: compare carriers, not tunings
+    nbytes = _nbytes(xq, codes) + 2 * m * n
+    row = {}
+    for label, a, b, fp8 in (
+        ("w8c", xq, codes, False),
+        ("fp8c", xq.to(torch.float8_e4m3fn), codes.to(torch.float8_e4m3fn), True),
+    ):
+        c = cfg._replace(split_k=1) if cfg is not None and fp8 else cfg
+        got = qlinear_launch(a, xs, b, ws, None, None, None, k, False, out_dtype, c, fp8).float()
+        row[f"{label}_relerr"] = float((got - exact).norm() / exact.norm().clamp_min(1e-30))
+        row[f"{label}_gemm"] = t_bf16 / measure(
+            copies(lambda a, b, c=c, f=fp8: qlinear_launch(a, xs, b, ws, None, None, None, k, False, out_dtype, c, f),
+                   a, b),
+            nbytes,
+        )  # fmt: skip
+    return row
+
+
+def decoder_stack(device: torch.device, layers: int, small: bool, dtype: torch.dtype):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from mqcompile.models.qwen2_text import export_causal_lm
@@ -127,28 +204,46 @@ def decoder_stack(device: torch.device, layers: int, small: bool):
         dims = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
     config = Qwen2Config(vocab_size=1024, num_hidden_layers=layers, max_position_embeddings=8192, **dims)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval()
+    model = Qwen2ForCausalLM(config).eval().to(dtype)  # exported in the serving dtype: the ops output it too
     ids = torch.randint(0, 1024, (2, 16))
     ep = export_causal_lm(model, ids, torch.ones_like(ids))
     return model, ep
 
 
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+
+
 def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
-    model, ep = decoder_stack(device, layers, small)
-    qp = mqcompile.quantize(ep, mqcompile.QuantConfig(), progress=False)  # W4A4 RTN, lm_head float
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base = torch.compile(ep.module().requires_grad_(False).to(device=device, dtype=dtype))
-    ours = mqcompile.compile(qp, device=device)
-    rows = []
+    model, ep = decoder_stack(device, layers, small, dtype)
+    qp = mqcompile.quantize(ep, mqcompile.QuantConfig(), progress=False)  # W4A4 RTN, lm_head float
+    base_mod = ep.module().requires_grad_(False).to(device)
+    cases = []
     for label, shape in (("prefill", (1, prefill)), ("decode", (16, 1))):
         ids = torch.randint(0, 1024, shape, device=device)
-        mask = torch.ones_like(ids)
+        cases.append((label, shape, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
+    eager = qp.module().requires_grad_(False).to(device)  # the program as it runs op by op (Triton ops on CUDA)
+    if device.type == "cuda":
+        from mqcompile.lowering import use_triton_ops
+
+        use_triton_ops(eager)
+    base = torch.compile(base_mod, dynamic=False)
+    ours = mqcompile.compile(qp, device=device, warmup=[c[2] for c in cases], dynamic=False)
+    w_base = sum(v.numel() * v.element_size() for v in base_mod.state_dict().values())
+    w_ours = sum(v.numel() * v.element_size() for v in eager.state_dict().values())
+    rows = []
+    for label, shape, inputs in cases:
         with torch.no_grad():
-            t_base = measure(lambda ids=ids, mask=mask: base(input_ids=ids, attention_mask=mask))
-            t_ours = measure(lambda ids=ids, mask=mask: ours(input_ids=ids, attention_mask=mask))
-        rows.append(
-            {"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours, "speedup": t_base / t_ours}
-        )
+            want, got, flt = eager(**inputs), ours(**inputs), base(**inputs)
+            t_base = measure(copies(lambda ids, mask: base(input_ids=ids, attention_mask=mask), *inputs.values()),
+                             w_base)  # fmt: skip
+            t_ours = measure(copies(lambda ids, mask: ours(input_ids=ids, attention_mask=mask), *inputs.values()),
+                             w_ours)  # fmt: skip
+        rows.append({"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours,
+                     "speedup": t_base / t_ours, "cos_compiled_vs_eager": _cos(got, want),
+                     "cos_vs_float": _cos(got, flt)})  # fmt: skip
+        log.info("%s", rows[-1])
     float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
     quant_bytes = sum(
         v.numel() * v.element_size() for n, v in qp.exported_program.state_dict.items() if ".layers." in f".{n}"
@@ -169,15 +264,25 @@ def _fmt(v) -> str:
 
 
 def markdown(data: dict) -> str:
-    cols = ["int_mm", "scaled_mm", "ours_gemm", "ours_full"] + (["fp32"] if "CPU mode" in data["device"] else [])
+    cpu = "CPU mode" in data["device"]
+    cols = ["int_mm", "ours_gemm", "ours_full", "fp32"] if cpu else [
+        "int_mm", "scaled_mm", "ours_gemm", "ours_full", "w8c_gemm", "fp8c_gemm"]  # fmt: skip
     lines = [
         f"# Kernel benchmark ({data['device']})",
         "",
         f"torch {data['torch']}, `python tools/bench_kernels.py {' '.join(data['argv'])}`. Speedup over bf16 "
-        "`torch.matmul` measured in the same run (>1 is faster); `ours_tops`: integer TOPS of our GEMM.",
+        "`torch.matmul` measured in the same run (>1 is faster); `ours_tops`: integer TOPS of our GEMM. GPU: "
+        "each time is the median over CUDA-graph replays of enough input copies to exceed 3x the L2 (cold "
+        "weights, no launch gaps), for every column alike. `ours_gemm`: packed int4 weights; `ours_full`: "
+        "activation quantization + GEMM from bf16 input; `w8c_gemm` / `fp8c_gemm`: the same GEMM on int4 values "
+        "in int8 / e4m3 containers (not packed); `exact`: ours_gemm equals the fp64-accumulated reference bit "
+        "for bit; `fp8 err`: relative error of fp8c_gemm (fp32 accumulation) vs exact.",
         "",
-        "| shape | K | N | M | bf16 ms | " + " | ".join(cols) + " | ours TOPS |",
-        "|---" * (len(cols) + 6) + "|",
+        "| shape | K | N | M | bf16 ms | "
+        + " | ".join(cols)
+        + " | ours TOPS |"
+        + ("" if cpu else " exact | fp8 err |"),
+        "|---" * (len(cols) + 6 + (0 if cpu else 2)) + "|",
     ]
     for r in data["linears"]:
         cells = [_fmt(r.get(c)) for c in cols]
@@ -185,6 +290,7 @@ def markdown(data: dict) -> str:
             f"| {r['shape']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_ms']:.3f} | "
             + " | ".join(cells)
             + f" | {r['ours_tops']:.1f} |"
+            + ("" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} |")
         )
     if data.get("stack"):
         lines += ["", "Decoder stack (mqcompile.compile vs torch.compile of the float model):", ""]
@@ -192,7 +298,8 @@ def markdown(data: dict) -> str:
             if "speedup" in r:
                 lines.append(
                     f"- {r['case']} {tuple(r['tokens'])}: baseline {r['baseline_ms']:.2f} ms, "
-                    f"ours {r['ours_ms']:.2f} ms, speedup {r['speedup']:.2f}x"
+                    f"ours {r['ours_ms']:.2f} ms, speedup {r['speedup']:.2f}x (logits cosine: compiled vs eager "
+                    f"program {r['cos_compiled_vs_eager']:.4f}, vs float {r['cos_vs_float']:.3f})"
                 )
             else:
                 lines.append(f"- {r['case']}: W4 {r['w4_bytes'] / 2**20:.1f} MiB vs bf16 "
@@ -207,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", nargs="+", default=None, help="subset of shape names")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-stack", action="store_true")
+    p.add_argument("--no-linears", action="store_true")
     p.add_argument("--prefill", type=int, default=4096)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--small-stack", action="store_true", help="tiny decoder dims (smoke test of the stack path)")
@@ -216,20 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ms = args.ms or ([1, 16, 256, 4096] if device.type == "cuda" else [1, 16, 256])
     measure = timer(device, args.reps)
-    rows = []
-    for name, k, n in SHAPES:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"device": device_name(device), "torch": torch.__version__, "argv": argv, "linears": []}
+
+    def save():  # after every section, so a run cut short keeps what it measured
+        data["autotune"] = autotune.results()
+        (out / "bench_kernels.json").write_text(json.dumps(data, indent=2, default=float))
+        (out / "bench_kernels.md").write_text(markdown(data))
+
+    for name, k, n in [] if args.no_linears else SHAPES:
         if args.shapes and name not in args.shapes:
             continue
         for m in ms:
-            rows.append(bench_linear(name, k, n, m, device, measure))
-            log.info("%s", {key: (round(v, 3) if isinstance(v, float) else v) for key, v in rows[-1].items()})
-    data = {"device": device_name(device), "torch": torch.__version__, "argv": argv, "linears": rows}
+            data["linears"].append(bench_linear(name, k, n, m, device, measure))
+            log.info(
+                "%s", {key: (round(v, 3) if isinstance(v, float) else v) for key, v in data["linears"][-1].items()}
+            )
+        save()
     if not args.no_stack:
         data["stack"] = bench_stack(device, measure, args.prefill, args.layers, args.small_stack)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_kernels.json").write_text(json.dumps(data, indent=2, default=float))
-    (out / "bench_kernels.md").write_text(markdown(data))
+        save()
     print(markdown(data))
     return 0
 

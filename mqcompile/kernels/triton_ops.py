@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
-from .triton_kernels import gemm_configs, kernels
+from . import autotune
+from .triton_kernels import GemmConfig, kernels
 
-__all__ = ["quantize_act_triton", "qlinear_triton"]
+__all__ = ["quantize_act_triton", "qlinear_triton", "qlinear_launch"]
 
 
 @triton_op("mqcompile::quantize_act_triton", mutates_args=())
@@ -38,7 +39,7 @@ def quantize_act_triton(
     sh = shift.float().contiguous() if shift is not None else clip32
     block = min(1024, max(16, 1 << (k - 1).bit_length()))
     if rows:
-        wrap_triton(kernels()[0])[(rows,)](
+        wrap_triton(kernels().quantize_act)[(rows,)](
             x2, clip32, ids, sh, q, s, k, (1 << (bits - 1)) - 1, modality_ids is not None, shift is not None, block
         )
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
@@ -63,24 +64,57 @@ def qlinear_triton(
             "qlinear_triton covers per-channel weight scales; grouped weights use mqcompile::qlinear"
         )
     lead = xq.shape[:-1]
-    k, n = in_features, w.shape[0]
-    a = xq.reshape(-1, k).contiguous()
-    m = a.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    a = xq.reshape(-1, in_features).contiguous()
+    out = qlinear_launch(a, x_scale, w, w_scale, bias, comp, modality_ids, in_features, w_bits == 4, out_dtype)
+    return out.reshape(*lead, w.shape[0])
+
+
+def qlinear_launch(
+    a: torch.Tensor,
+    x_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    comp: torch.Tensor | None,
+    modality_ids: torch.Tensor | None,
+    k: int,
+    w4: bool,
+    out_dtype: torch.dtype,
+    cfg: GemmConfig | None = None,
+    fp8: bool = False,
+) -> torch.Tensor:
+    """Launch the GEMM on ``a [M, K]`` (int8 codes, or e4m3 with ``fp8``); ``cfg`` overrides the autotuned choice
+    (:mod:`mqcompile.kernels.autotune`)."""
+    m, n = a.shape[0], w.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if not m:
+        return out
     xs = x_scale.reshape(-1).float().contiguous()
     ws = w_scale.reshape(-1).float().contiguous()
     b = bias.contiguous() if bias is not None else ws
     cp = comp.float().contiguous() if comp is not None else ws
     ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else xs
-    cfg = gemm_configs(m)
-    grid = (triton_cdiv(m, cfg["BLOCK_M"]), triton_cdiv(n, cfg["BLOCK_N"]))
-    if m:
-        wrap_triton(kernels()[1])[grid](
-            a, xs, w.contiguous(), ws, b, cp, ids, out, m, n, k, w.shape[1],
-            w_bits == 4, bias is not None, comp is not None, modality_ids is not None,
-            cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"],
-        )  # fmt: skip
-    return out.reshape(*lead, n)
+    flags = (bias is not None, comp is not None, modality_ids is not None)
+    w = w.contiguous()
+    if cfg is None:
+        kind = "fp8" if fp8 else "w4" if w4 else "w8"
+        cfg = autotune.choose(a, n, k, kind, lambda c: qlinear_launch(
+            a, x_scale, w, w_scale, bias, comp, modality_ids, k, w4, out_dtype, c, fp8))  # fmt: skip
+    if fp8 and cfg.split_k > 1:
+        raise ValueError("the fp8 GEMM accumulates in fp32 and has no split-K path; use split_k=1")
+    grid = (triton_cdiv(m, cfg.block_m), triton_cdiv(n, cfg.block_n), cfg.split_k)
+    target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.int32, device=a.device)
+    k_ = kernels()
+    wrap_triton(k_.qlinear)[grid](
+        a, xs, w, ws, b, cp, ids, target, m, n, k, w.shape[1], w4, fp8, *flags,
+        cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if cfg.split_k > 1:
+        bm, bn = 16 if m <= 16 else 64, 128
+        wrap_triton(k_.epilogue)[(triton_cdiv(m, bm), triton_cdiv(n, bn))](
+            target, xs, ws, b, cp, ids, out, m, n, *flags, bm, bn
+        )
+    return out
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -14,14 +14,16 @@ from mqcompile.kernels import (
     triton_ops,  # noqa: E402, F401  (registers the triton ops)
 )
 from mqcompile.kernels import reference as ref  # noqa: E402
+from mqcompile.kernels.triton_kernels import GemmConfig, gemm_config  # noqa: E402
+from mqcompile.kernels.triton_ops import qlinear_launch  # noqa: E402
 from mqcompile.lowering import use_triton_ops  # noqa: E402
 from tests.conftest import TOY_CONFIG, toy_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODALITIES = 3
 
-# (tokens, K, N): one token, ragged M/N/K (K not a multiple of any block), a K spanning several blocks
-SHAPES = [(1, 96, 40), (37, 200, 70), (130, 130, 33), (16, 300, 129)]
+# (tokens, K, N): one token, ragged M/N/K (K not a multiple of any block), a K spanning several blocks, odd K
+SHAPES = [(1, 96, 40), (37, 200, 70), (130, 130, 33), (16, 300, 129), (5, 75, 20)]
 
 
 def _inputs(m, k, seed):
@@ -70,6 +72,29 @@ def test_qlinear_matches_reference(m, k, n, w_bits, out_dtype):
     ):
         got = torch.ops.mqcompile.qlinear_triton(*(a.to(DEVICE) if torch.is_tensor(a) else a for a in args))
         assert torch.equal(got.cpu(), ref.qlinear_ref(*args))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 300, 40), (37, 200, 70), (5, 75, 20)])
+@pytest.mark.parametrize("cfg", [GemmConfig(16, 32, 32, 3), GemmConfig(16, 64, 64, 2), GemmConfig(32, 16, 32, 8)])
+def test_split_k_and_tile_configs_match_reference(m, k, n, cfg):
+    # split-K adds int32 partials with atomics (more splits than K blocks leaves some slices empty): still exact
+    g = torch.Generator().manual_seed(m + k + cfg.split_k)
+    x, clip, ids, shift = _inputs(m, k, n)
+    xq, xs = ref.quantize_act_ref(x, clip, ids, 4, shift)
+    w = pack_int4(torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8))
+    ws, bias, comp = torch.rand(n, 1, generator=g), torch.randn(n, generator=g), torch.randn(MODALITIES, n, generator=g)
+    args = (xq, xs, w, ws, bias, comp, ids)
+    got = qlinear_launch(*(a.to(DEVICE) for a in args), k, True, torch.float32, cfg)
+    assert torch.equal(got.cpu(), ref.qlinear_ref(xq, xs, w, ws, bias, 4, 0, k, torch.float32, comp, ids))
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 18944, 3584), (1, 3584, 18944), (16, 1280, 1280), (300, 64, 96)])
+def test_gemm_config_splits_only_when_the_grid_is_small(m, n, k):
+    cfg = gemm_config(m, n, k, sms=132)
+    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+    assert cfg.split_k >= 1 and cfg.block_k * cfg.split_k <= max(k, cfg.block_k)
+    if cfg.split_k > 1:
+        assert tiles * cfg.split_k <= 2 * 132
 
 
 def test_int32_accumulators_are_exact_at_the_extremes():

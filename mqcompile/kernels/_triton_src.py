@@ -1,0 +1,135 @@
+"""The Triton sources behind :mod:`mqcompile.kernels.triton_kernels` (see there for what each computes).
+
+Imported only through :func:`mqcompile.kernels.triton_kernels.kernels`, on first use: ``triton.jit`` decides at
+decoration time whether to compile or interpret, so tests set ``TRITON_INTERPRET=1`` before this module loads. Kept
+at module level because Triton resolves a kernel's helpers (``_epilogue``) through the module's globals.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def quantize_act_kernel(
+    x_ptr,
+    clip_ptr,
+    ids_ptr,
+    shift_ptr,
+    q_ptr,
+    s_ptr,
+    K,
+    QMAX: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    m = tl.load(ids_ptr + row).to(tl.int64) if HAS_IDS else 0
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x))
+    clip = tl.load(clip_ptr + m)
+    scale = tl.div_rn(clip * tl.max(amax, axis=0), QMAX * 1.0)
+    scale = tl.where(scale > 0, scale, 1.0)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        v = (tl.div_rn(x, scale) + 12582912.0) - 12582912.0  # 1.5 * 2**23: round half to even
+        v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
+        tl.store(q_ptr + row * K + rk, v.to(tl.int8), mask=rk < K)
+
+
+@triton.jit
+def _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr,
+              HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr):  # fmt: skip
+    xs = tl.load(xs_ptr + rm, mask=rm < M, other=0.0)
+    ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
+    y = (acc.to(tl.float32) * xs[:, None]) * ws[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_COMP:
+        m = tl.load(ids_ptr + rm, mask=rm < M, other=0).to(tl.int64) if HAS_IDS else tl.zeros_like(rm)
+        y = y + tl.load(comp_ptr + m[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N))
+    out = out_ptr + rm[:, None] * N + rn[None, :]
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def qlinear_kernel(
+    a_ptr,
+    xs_ptr,
+    w_ptr,
+    ws_ptr,
+    bias_ptr,
+    comp_ptr,
+    ids_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    W_STRIDE,
+    W4: tl.constexpr,
+    FP8: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_COMP: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    if FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_blocks, SPLIT_K)
+    kb0 = tl.program_id(2) * per_split
+    kb1 = tl.minimum(kb0 + per_split, k_blocks)
+    for kb in range(kb0, kb1):
+        rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)
+        if W4:
+            rb = kb * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            byte = tl.load(
+                w_ptr + rn[:, None] * W_STRIDE + rb[None, :],
+                mask=(rn[:, None] < N) & (rb[None, :] < W_STRIDE),
+                other=0,
+            ).to(tl.int8, bitcast=True)
+            lo = (byte << 4) >> 4  # arithmetic shifts sign-extend the nibbles
+            hi = byte >> 4
+            w = tl.interleave(lo, hi)  # [BLOCK_N, BLOCK_K] in K order: byte j holds k = 2j (lo), 2j+1 (hi)
+        else:
+            w = tl.load(w_ptr + rn[:, None] * W_STRIDE + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K),
+                        other=0)  # fmt: skip
+        if FP8:
+            acc += tl.dot(a, tl.trans(w), out_dtype=tl.float32)
+        else:
+            acc += tl.dot(a, tl.trans(w), out_dtype=tl.int32)
+    if SPLIT_K == 1:
+        _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr,
+                  HAS_BIAS, HAS_COMP, HAS_IDS)  # fmt: skip
+    else:  # out_ptr is the zeroed int32 workspace
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tl.atomic_add(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def epilogue_kernel(acc_ptr, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr, M, N,
+                    HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    rm = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    acc = tl.load(acc_ptr + rm[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N), other=0)
+    _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr, HAS_BIAS, HAS_COMP, HAS_IDS)
