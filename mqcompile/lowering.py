@@ -23,7 +23,7 @@ import torch.fx as fx
 from .kernels.triton_kernels import available as triton_available
 from .program import QuantizedProgram
 
-__all__ = ["compile", "use_triton_ops"]
+__all__ = ["compile", "use_triton_ops", "detach_to"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,23 @@ def use_triton_ops(gm: fx.GraphModule) -> dict[str, int]:
             counts["qlinear"] += 1
     gm.recompile()
     return counts
+
+
+def detach_to(module: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Give ``module`` its own parameters (no grad) and buffers, moved to ``device``, in place; returns it.
+
+    ``ExportedProgram.module()`` returns a fresh module whose parameters are the program's own tensor objects, and
+    ``nn.Module.to`` / ``requires_grad_`` change those objects in place: deploying would move or alter the user's
+    program. Rebinding new tensors leaves it as it was (without a device, they share storage: nothing is copied).
+    """
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                sub._parameters[name] = torch.nn.Parameter(p.detach().to(device), requires_grad=False)
+        for name, b in list(sub._buffers.items()):
+            if b is not None:
+                sub._buffers[name] = b.to(device)
+    return module
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -75,11 +92,9 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
             ``torch.compile`` traces with fake tensors (untimed shapes get the heuristic configs).
         compile_kwargs: passed to ``torch.compile`` (``mode``, ``dynamic``, ``fullgraph``...).
     """
-    # inference deployment: with parameters that require grad, AOTAutograd would trace a backward graph, and the
-    # integer ops have no derivative
-    module = qp.module().requires_grad_(False)
-    if device is not None:
-        module = module.to(device)
+    # inference deployment (parameters without grad: AOTAutograd would otherwise trace a backward graph, and the
+    # integer ops have no derivative), on tensors of its own so the program stays where and as it was
+    module = detach_to(qp.module(), device)
     use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
     if use:
         if not triton_available():

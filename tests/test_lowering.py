@@ -23,3 +23,14 @@ def test_grouped_weights_keep_the_reference_op(toy):
     assert counts == {"quantize_act": 4, "qlinear": 0, "kept": 4}
     targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
     assert torch.ops.mqcompile.qlinear.default in targets
+
+
+def test_compile_leaves_the_program_as_it_was(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    before = {k: (v.device, v.requires_grad, v.clone()) for k, v in qp.exported_program.state_dict.items()}
+    fast = mqcompile.compile(qp, device="meta")  # torch.compile is lazy: nothing runs on the meta tensors
+    assert all(t.device.type == "meta" for t in fast.state_dict().values())
+    for k, v in qp.exported_program.state_dict.items():
+        assert (v.device, v.requires_grad) == before[k][:2] and torch.equal(v, before[k][2])
+    assert torch.equal(qp.module()(**toy_inputs(1)), mqcompile.compile(qp)(**toy_inputs(1)))

@@ -194,20 +194,15 @@ def _carriers(xq, xs, codes, ws, k, exact, out_dtype, measure, t_bf16) -> dict:
     return row
 
 
-def decoder_stack(device: torch.device, layers: int, small: bool, dtype: torch.dtype):
+def decoder_model(layers: int, small: bool, dtype: torch.dtype):
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from mqcompile.models.qwen2_text import export_causal_lm
 
     dims = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4)
     if small:  # for a CPU smoke run of this code path
         dims = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
     config = Qwen2Config(vocab_size=1024, num_hidden_layers=layers, max_position_embeddings=8192, **dims)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval().to(dtype)  # exported in the serving dtype: the ops output it too
-    ids = torch.randint(0, 1024, (2, 16))
-    ep = export_causal_lm(model, ids, torch.ones_like(ids))
-    return model, ep
+    return Qwen2ForCausalLM(config).eval().to(dtype)  # exported in the serving dtype: the ops output it too
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -215,31 +210,30 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, ep = decoder_stack(device, layers, small, dtype)
-    qp = mqcompile.quantize(ep, mqcompile.QuantConfig(), progress=False)  # W4A4 RTN, lm_head float
-    base_mod = ep.module().requires_grad_(False).to(device)
-    cases = []
-    for label, shape in (("prefill", (1, prefill)), ("decode", (16, 1))):
-        ids = torch.randint(0, 1024, shape, device=device)
-        cases.append((label, shape, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
-    eager = qp.module().requires_grad_(False).to(device)  # the program as it runs op by op (Triton ops on CUDA)
-    if device.type == "cuda":
-        from mqcompile.lowering import use_triton_ops
+    """Each case is exported at its own static shape and compiled with ``dynamic=False``, for both models alike
+    (torch 2.11's export fails to prove a trivially true guard at these dims with a dynamic sequence)."""
+    from mqcompile.lowering import detach_to, use_triton_ops
+    from mqcompile.models.qwen2_text import export_causal_lm
 
-        use_triton_ops(eager)
-    base = torch.compile(base_mod, dynamic=False)
-    ours = mqcompile.compile(qp, device=device, warmup=[c[2] for c in cases], dynamic=False)
-    w_base = sum(v.numel() * v.element_size() for v in base_mod.state_dict().values())
-    w_ours = sum(v.numel() * v.element_size() for v in eager.state_dict().values())
+    model = decoder_model(layers, small, torch.bfloat16 if device.type == "cuda" else torch.float32)
     rows = []
-    for label, shape, inputs in cases:
+    for label, shape in (("prefill", (1, prefill)), ("decode", (16, 1))):
+        ids = torch.randint(0, 1024, shape)
+        ep = export_causal_lm(model, ids, torch.ones_like(ids), dynamic=False)
+        qp = mqcompile.quantize(ep, mqcompile.QuantConfig(), progress=False)  # W4A4 RTN, lm_head float
+        inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        base_mod = detach_to(ep.module(), device)
+        eager = detach_to(qp.module(), device)  # the program op by op (Triton ops on CUDA)
+        if device.type == "cuda":
+            use_triton_ops(eager)
+        base = torch.compile(base_mod, dynamic=False)
+        ours = mqcompile.compile(qp, device=device, warmup=[inputs], dynamic=False)
+        w_base = sum(v.numel() * v.element_size() for v in base_mod.state_dict().values())
+        w_ours = sum(v.numel() * v.element_size() for v in eager.state_dict().values())
         with torch.no_grad():
             want, got, flt = eager(**inputs), ours(**inputs), base(**inputs)
-            t_base = measure(copies(lambda ids, mask: base(input_ids=ids, attention_mask=mask), *inputs.values()),
-                             w_base)  # fmt: skip
-            t_ours = measure(copies(lambda ids, mask: ours(input_ids=ids, attention_mask=mask), *inputs.values()),
-                             w_ours)  # fmt: skip
+            t_base = measure(copies(lambda i, m, f=base: f(input_ids=i, attention_mask=m), *inputs.values()), w_base)
+            t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m), *inputs.values()), w_ours)
         rows.append({"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours,
                      "speedup": t_base / t_ours, "cos_compiled_vs_eager": _cos(got, want),
                      "cos_vs_float": _cos(got, flt)})  # fmt: skip

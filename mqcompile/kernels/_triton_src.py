@@ -5,8 +5,32 @@ decoration time whether to compile or interpret, so tests set ``TRITON_INTERPRET
 at module level because Triton resolves a kernel's helpers (``_epilogue``) through the module's globals.
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+if os.environ.get("TRITON_INTERPRET") == "1":  # numpy rounds every op; libdevice does not exist there
+
+    @triton.jit
+    def _mul(a, b):
+        return a * b
+
+    @triton.jit
+    def _add(a, b):
+        return a + b
+
+else:  # mul.rn / add.rn: an explicit rounding mode keeps the compiler from contracting a*b + c into one FMA,
+    # which rounds once instead of twice and would differ from the reference in the last bit
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _mul(a, b):
+        return libdevice.mul_rn(a, b)
+
+    @triton.jit
+    def _add(a, b):
+        return libdevice.add_rn(a, b)
 
 
 @triton.jit
@@ -51,17 +75,17 @@ def _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, ou
               HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr):  # fmt: skip
     xs = tl.load(xs_ptr + rm, mask=rm < M, other=0.0)
     ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
-    y = (acc.to(tl.float32) * xs[:, None]) * ws[None, :]
+    y = _mul(_mul(acc.to(tl.float32), xs[:, None]), ws[None, :])
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        y = _add(y, tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :])
     if HAS_COMP:
         m = tl.load(ids_ptr + rm, mask=rm < M, other=0).to(tl.int64) if HAS_IDS else tl.zeros_like(rm)
-        y = y + tl.load(comp_ptr + m[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N))
+        y = _add(y, tl.load(comp_ptr + m[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N)))
     out = out_ptr + rm[:, None] * N + rn[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N"])  # one binary for every token count: compile once per config
 def qlinear_kernel(
     a_ptr,
     xs_ptr,
@@ -84,6 +108,7 @@ def qlinear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TWO_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -98,25 +123,35 @@ def qlinear_kernel(
     kb0 = tl.program_id(2) * per_split
     kb1 = tl.minimum(kb0 + per_split, k_blocks)
     for kb in range(kb0, kb1):
-        rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)
         if W4:
             rb = kb * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
             byte = tl.load(
-                w_ptr + rn[:, None] * W_STRIDE + rb[None, :],
-                mask=(rn[:, None] < N) & (rb[None, :] < W_STRIDE),
-                other=0,
+                w_ptr + rn[:, None] * W_STRIDE + rb[None, :], mask=(rn[:, None] < N) & (rb[None, :] < W_STRIDE), other=0
             ).to(tl.int8, bitcast=True)
-            lo = (byte << 4) >> 4  # arithmetic shifts sign-extend the nibbles
+            lo = (byte << 4) >> 4  # arithmetic shifts sign-extend the nibbles: lo holds k = 2j, hi k = 2j + 1
             hi = byte >> 4
-            w = tl.interleave(lo, hi)  # [BLOCK_N, BLOCK_K] in K order: byte j holds k = 2j (lo), 2j+1 (hi)
+            if TWO_DOT:  # even and odd K columns of A against the two nibble planes: no shuffle of the weights
+                ke = kb * BLOCK_K + 2 * tl.arange(0, BLOCK_K // 2)
+                row = a_ptr + rm[:, None] * K + ke[None, :]
+                a_e = tl.load(row, mask=(rm[:, None] < M) & (ke[None, :] < K), other=0)
+                a_o = tl.load(row + 1, mask=(rm[:, None] < M) & (ke[None, :] + 1 < K), other=0)
+                acc += tl.dot(a_e, tl.trans(lo), out_dtype=tl.int32)
+                acc += tl.dot(a_o, tl.trans(hi), out_dtype=tl.int32)
+            else:
+                rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+                a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)
+                acc += tl.dot(a, tl.trans(tl.interleave(lo, hi)), out_dtype=tl.int32)  # [BLOCK_N, BLOCK_K] in K order
         else:
+            rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_a = (rm[:, None] < M) & (rk[None, :] < K)
+            a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=mask_a, other=0)
             w = tl.load(w_ptr + rn[:, None] * W_STRIDE + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K),
                         other=0)  # fmt: skip
-        if FP8:
-            acc += tl.dot(a, tl.trans(w), out_dtype=tl.float32)
-        else:
-            acc += tl.dot(a, tl.trans(w), out_dtype=tl.int32)
+            if FP8:  # e4m3 bytes travel as int8 (a masked fp8 load cannot fill with 0); 0x00 is +0.0 in e4m3
+                acc += tl.dot(a.to(tl.float8e4nv, bitcast=True), tl.trans(w.to(tl.float8e4nv, bitcast=True)),
+                              out_dtype=tl.float32)  # fmt: skip
+            else:
+                acc += tl.dot(a, tl.trans(w), out_dtype=tl.int32)
     if SPLIT_K == 1:
         _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr,
                   HAS_BIAS, HAS_COMP, HAS_IDS)  # fmt: skip

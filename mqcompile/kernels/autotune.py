@@ -23,26 +23,27 @@ __all__ = ["candidates", "choose", "cached", "bucket", "results"]
 
 log = logging.getLogger(__name__)
 
-# (block_m, block_n, block_k, split_k, num_warps, num_stages)
+# (block_m, block_n, block_k, split_k, num_warps, num_stages, two_dot)
 _DECODE = [
-    (16, n, k, s, 4, 4) for n, k, splits in ((32, 256, (1, 4)), (64, 128, (1, 4)), (64, 256, (1, 2, 4, 8)),
-                                             (128, 128, (1, 2))) for s in splits
+    (16, n, k, s, 4, 4, two) for n, k, splits in ((32, 256, (1, 4)), (64, 128, (1,)), (64, 256, (1, 2, 4)),
+                                                  (128, 128, (1, 2))) for s in splits for two in (False, True)
 ]  # fmt: skip
 _SMALL = [
-    (32, 128, 128, 1, 4, 4),
-    (64, 64, 128, 1, 4, 4),
-    (64, 128, 128, 1, 4, 4),
-    (64, 128, 128, 2, 4, 4),
-    (64, 256, 128, 1, 8, 3),
-    (128, 128, 128, 1, 8, 3),
+    (32, 128, 128, 1, 4, 4, False),
+    (32, 128, 128, 1, 4, 4, True),
+    (64, 64, 128, 1, 4, 4, False),
+    (64, 128, 128, 1, 4, 4, False),
+    (64, 128, 128, 1, 4, 4, True),
+    (128, 128, 128, 1, 8, 3, False),
+    (128, 128, 128, 1, 8, 3, True),
 ]
 _PREFILL = [
-    (128, 128, 64, 1, 4, 4),
-    (128, 128, 128, 1, 8, 4),
-    (128, 256, 64, 1, 8, 4),
-    (128, 256, 128, 1, 8, 3),
-    (256, 128, 128, 1, 8, 3),
-    (64, 256, 128, 1, 8, 3),
+    (128, 128, 64, 1, 4, 4, False),
+    (128, 128, 128, 1, 8, 4, False),
+    (128, 256, 64, 1, 8, 4, False),
+    (128, 256, 128, 1, 8, 3, False),
+    (128, 128, 128, 1, 8, 4, True),
+    (128, 256, 128, 1, 8, 3, True),
 ]
 
 _cache: dict[tuple, GemmConfig] = {}
@@ -96,7 +97,7 @@ def choose(a: torch.Tensor, n: int, k: int, kind: str, launch: Callable[[GemmCon
 
     timed = []
     for cfg in candidates(m, k):
-        if kind == "fp8" and cfg.split_k > 1:
+        if kind != "w4" and (cfg.two_dot or (kind == "fp8" and cfg.split_k > 1)):
             continue
         try:
             timed.append((cfg, do_bench(lambda cfg=cfg: launch(cfg), warmup=5, rep=20)))

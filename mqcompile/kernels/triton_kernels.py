@@ -42,6 +42,7 @@ class GemmConfig(NamedTuple):
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    two_dot: bool = False  # 4-bit weights: two dots on the nibble planes instead of re-interleaving K
 
 
 def gemm_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:

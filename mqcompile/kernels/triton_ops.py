@@ -96,6 +96,8 @@ def qlinear_launch(
     ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else xs
     flags = (bias is not None, comp is not None, modality_ids is not None)
     w = w.contiguous()
+    if fp8:  # the kernel loads e4m3 bytes as int8 and bitcasts (masked fp8 loads cannot fill with 0)
+        a, w = a.view(torch.int8), w.view(torch.int8)
     if cfg is None:
         kind = "fp8" if fp8 else "w4" if w4 else "w8"
         cfg = autotune.choose(a, n, k, kind, lambda c: qlinear_launch(
@@ -107,7 +109,8 @@ def qlinear_launch(
     k_ = kernels()
     wrap_triton(k_.qlinear)[grid](
         a, xs, w, ws, b, cp, ids, target, m, n, k, w.shape[1], w4, fp8, *flags,
-        cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, cfg.two_dot and w4,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if cfg.split_k > 1:
         bm, bn = 16 if m <= 16 else 64, 128

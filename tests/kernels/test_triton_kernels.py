@@ -16,7 +16,7 @@ from mqcompile.kernels import (
 from mqcompile.kernels import reference as ref  # noqa: E402
 from mqcompile.kernels.triton_kernels import GemmConfig, gemm_config  # noqa: E402
 from mqcompile.kernels.triton_ops import qlinear_launch  # noqa: E402
-from mqcompile.lowering import use_triton_ops  # noqa: E402
+from mqcompile.lowering import detach_to, use_triton_ops  # noqa: E402
 from tests.conftest import TOY_CONFIG, toy_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,7 +75,16 @@ def test_qlinear_matches_reference(m, k, n, w_bits, out_dtype):
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 300, 40), (37, 200, 70), (5, 75, 20)])
-@pytest.mark.parametrize("cfg", [GemmConfig(16, 32, 32, 3), GemmConfig(16, 64, 64, 2), GemmConfig(32, 16, 32, 8)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GemmConfig(16, 32, 32, 3),
+        GemmConfig(16, 64, 64, 2),
+        GemmConfig(32, 16, 32, 8),
+        GemmConfig(16, 32, 64, 1, two_dot=True),  # nibble planes against even / odd activation columns
+        GemmConfig(32, 64, 128, 2, two_dot=True),
+    ],
+)
 def test_split_k_and_tile_configs_match_reference(m, k, n, cfg):
     # split-K adds int32 partials with atomics (more splits than K blocks leaves some slices empty): still exact
     g = torch.Generator().manual_seed(m + k + cfg.split_k)
@@ -97,6 +106,21 @@ def test_gemm_config_splits_only_when_the_grid_is_small(m, n, k):
         assert tiles * cfg.split_k <= 2 * 132
 
 
+def test_fp8_carrier_matches_reference_where_fp32_sums_are_exact():
+    # e4m3 holds every int4 value exactly; with |sum| < 2**24 the fp32 accumulation is exact too
+    g = torch.Generator().manual_seed(7)
+    m, k, n = 5, 200, 24
+    xq, wq = (torch.randint(-8, 8, s, generator=g, dtype=torch.int8) for s in ((m, k), (n, k)))
+    xs, ws = torch.rand(m, 1, generator=g), torch.rand(n, 1, generator=g)
+    e4m3 = (xq.to(torch.float8_e4m3fn), wq.to(torch.float8_e4m3fn))
+    got = qlinear_launch(*(t.to(DEVICE) for t in (e4m3[0], xs, e4m3[1], ws)), None, None, None, k, False,
+                         torch.float32, GemmConfig(16, 16, 64), fp8=True)  # fmt: skip
+    assert torch.equal(got.cpu(), ref.qlinear_ref(xq, xs, wq, ws, None, 8, 0, k, torch.float32))
+    with pytest.raises(ValueError, match="split-K"):
+        qlinear_launch(*(t.to(DEVICE) for t in (e4m3[0], xs, e4m3[1], ws)), None, None, None, k, False,
+                       torch.float32, GemmConfig(16, 16, 64, 2), fp8=True)  # fmt: skip
+
+
 def test_int32_accumulators_are_exact_at_the_extremes():
     # every product at its largest magnitude: (-128) * (-128) * K, far above fp32's exact-integer range per token
     k, n = 1100, 17
@@ -112,7 +136,7 @@ def test_int32_accumulators_are_exact_at_the_extremes():
 def test_program_with_triton_ops_equals_the_program(toy):
     _, kwargs, ep = toy
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
-    module = qp.module().to(DEVICE)
+    module = detach_to(qp.module(), DEVICE)
     counts = use_triton_ops(module)
     assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0}
     for seed in (0, 3):
