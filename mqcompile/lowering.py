@@ -51,7 +51,8 @@ def use_triton_ops(gm: fx.GraphModule) -> dict[str, int]:
 
 
 def detach_to(module: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:
-    """Give ``module`` its own parameters (no grad) and buffers, moved to ``device``, in place; returns it.
+    """Give ``module`` its own parameters (no grad), buffers and tensor constants on ``device``, in place, and
+    point its graph's factory ops (``arange``, ``full``... recorded with the export's device) there too.
 
     ``ExportedProgram.module()`` returns a fresh module whose parameters are the program's own tensor objects, and
     ``nn.Module.to`` / ``requires_grad_`` change those objects in place: deploying would move or alter the user's
@@ -64,7 +65,25 @@ def detach_to(module: torch.nn.Module, device: str | torch.device | None = None)
         for name, b in list(sub._buffers.items()):
             if b is not None:
                 sub._buffers[name] = b.to(device)
+        for name, v in list(vars(sub).items()):  # constants kept as plain tensor attributes
+            if isinstance(v, torch.Tensor):
+                setattr(sub, name, v.to(device))
+        if isinstance(sub, fx.GraphModule) and device is not None:
+            _retarget_factories(sub, torch.device(device))
     return module
+
+
+def _retarget_factories(gm: fx.GraphModule, device: torch.device) -> None:
+    # export records the device of factory ops (arange for positions, full/ones for masks) as a constant kwarg;
+    # torch.export.passes.move_to_device_pass rewrites them the same way but moves the program's own state in place
+    changed = False
+    for node in gm.graph.nodes:
+        old = node.kwargs.get("device") if node.op == "call_function" else None
+        if isinstance(old, torch.device) and old != device:
+            node.update_kwarg("device", device)
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 def _device(module: torch.nn.Module) -> torch.device:

@@ -3,7 +3,7 @@ import dataclasses
 import torch
 
 import mqcompile
-from mqcompile.lowering import use_triton_ops
+from mqcompile.lowering import detach_to, use_triton_ops
 from tests.conftest import TOY_CONFIG, toy_inputs
 
 
@@ -34,3 +34,14 @@ def test_compile_leaves_the_program_as_it_was(toy):
     for k, v in qp.exported_program.state_dict.items():
         assert (v.device, v.requires_grad) == before[k][:2] and torch.equal(v, before[k][2])
     assert torch.equal(qp.module()(**toy_inputs(1)), mqcompile.compile(qp)(**toy_inputs(1)))
+
+
+def test_detach_to_retargets_factory_ops_and_leaves_the_program():
+    class WithFactory(torch.nn.Module):
+        def forward(self, x):
+            return x + torch.arange(x.shape[-1], dtype=x.dtype)  # exported with device=cpu as a constant kwarg
+
+    ep = torch.export.export(WithFactory(), (torch.zeros(2, 3),))
+    module = detach_to(ep.module(), "meta")
+    assert module(torch.zeros(2, 3, device="meta")).device.type == "meta"
+    assert torch.equal(ep.module()(torch.zeros(2, 3)), torch.arange(3.0).expand(2, 3))  # the program is untouched

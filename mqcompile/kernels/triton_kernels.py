@@ -49,7 +49,7 @@ def gemm_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
     """Tile sizes per regime: decode (tiny M, memory bound on the weights) vs prefill (compute bound).
 
     Small M splits K until the grid covers the multiprocessors about twice, since each program then streams its own
-    slice of the weights. Hand-picked from the GPU sweep (``tools/bench_kernels.py --sweep``, docs/kernels.md).
+    slice of the weights. The autotuner's most frequent winners on an H200 (docs/bench_gpu/bench_kernels.md).
     """
     if m <= 16:
         bn, bk = 64, 256
@@ -59,8 +59,8 @@ def gemm_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
             split *= 2
         return GemmConfig(16, bn, bk, split, 4, 4)
     if m <= 256:
-        return GemmConfig(64, 128, 128, 1, 4, 4)
-    return GemmConfig(128, 256, 128, 1, 8, 3)
+        return GemmConfig(64, 64, 128, 1, 4, 4)
+    return GemmConfig(128, 128, 64, 1, 4, 4)
 
 
 class Kernels(NamedTuple):
