@@ -76,10 +76,16 @@ def detach_to(module: torch.nn.Module, device: str | torch.device | None = None)
 def _retarget_factories(gm: fx.GraphModule, device: torch.device) -> None:
     # export records the device of factory ops (arange for positions, full/ones for masks) as a constant kwarg;
     # torch.export.passes.move_to_device_pass rewrites them the same way but moves the program's own state in place
+    # (the input-metadata asserts export adds name the export's device too; they go, the program keeps them)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     changed = False
-    for node in gm.graph.nodes:
+    for node in list(gm.graph.nodes):
         old = node.kwargs.get("device") if node.op == "call_function" else None
-        if isinstance(old, torch.device) and old != device:
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            gm.graph.erase_node(node)
+            changed = True
+        elif isinstance(old, torch.device) and old != device:
             node.update_kwarg("device", device)
             changed = True
     if changed:
