@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .errors import UnsupportedProgramError
+from .kernels.pack import unpack_int4
 from .kernels.triton_kernels import available as triton_available
 from .program import QuantizedProgram
 
@@ -28,12 +30,19 @@ __all__ = ["compile", "use_triton_ops", "detach_to"]
 log = logging.getLogger(__name__)
 
 
-def use_triton_ops(gm: fx.GraphModule) -> dict[str, int]:
-    """Swap ``mqcompile::`` op nodes for their Triton twins in place (grouped-weight qlinears keep the reference)."""
+def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, int]:
+    """Swap ``mqcompile::`` op nodes for their Triton twins in place (grouped-weight qlinears keep the reference).
+
+    ``int8_weights``: store 4-bit weights unpacked, one value per int8 byte (the op's 8-bit form; the same integers,
+    so the same results bit for bit). On an H200 the GEMM on int8 containers measured 1.0-1.3x bf16 at M = 4096
+    and 1.3-1.8x at M = 1 on the 7B shapes, against 0.4-0.6x and 0.4-1.2x with in-register nibble unpacking
+    (docs/bench_gpu/bench_kernels.md), at twice the weight bytes (0.5x bf16 instead of 0.25x).
+    """
     from .kernels import triton_ops  # noqa: F401  (registers the triton ops; needs triton)
 
     ops = torch.ops.mqcompile
-    counts = {"quantize_act": 0, "qlinear": 0, "kept": 0}
+    counts = {"quantize_act": 0, "qlinear": 0, "kept": 0, "unpacked": 0}
+    unpacked: dict[str, str] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
@@ -46,8 +55,26 @@ def use_triton_ops(gm: fx.GraphModule) -> dict[str, int]:
                 continue
             node.target = ops.qlinear_triton.default
             counts["qlinear"] += 1
+            if int8_weights and node.args[5] == 4:
+                _unpack_weight(gm, node, unpacked)
+                counts["unpacked"] += 1
     gm.recompile()
     return counts
+
+
+def _unpack_weight(gm: fx.GraphModule, node: fx.Node, done: dict[str, str]) -> None:
+    w = node.args[2]
+    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+        raise UnsupportedProgramError(f"{node.name}: its weight is not a stored tensor, so it cannot be unpacked")
+    if w.target not in done:  # a weight shared by several linears is unpacked once
+        owner_path, _, name = w.target.rpartition(".")
+        owner = gm.get_submodule(owner_path)
+        codes = unpack_int4(getattr(owner, name), node.args[7])
+        owner.register_buffer(f"{name}_int8", codes)
+        done[w.target] = f"{owner_path}.{name}_int8" if owner_path else f"{name}_int8"
+    with gm.graph.inserting_before(node):
+        node.replace_input_with(w, gm.graph.get_attr(done[w.target]))
+    node.update_arg(5, 8)
 
 
 def detach_to(module: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:
@@ -103,6 +130,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     *,
     device: str | torch.device | None = None,
     triton: bool | None = None,
+    int8_weights: bool = False,
     warmup: Iterable[dict[str, Any]] = (),
     **compile_kwargs: Any,
 ):
@@ -112,6 +140,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         qp: from :func:`mqcompile.quantize` or :meth:`QuantizedProgram.load`.
         device: move the module there first (e.g. ``"cuda"``); default: where its weights are.
         triton: use the Triton kernels (default: when the module is on CUDA and triton is installed).
+        int8_weights: with the Triton kernels, keep 4-bit weights one per byte (faster GEMM on Hopper, twice the
+            weight memory; see :func:`use_triton_ops`).
         warmup: keyword inputs run eagerly before compiling, at the token counts you will serve: on CUDA the GEMM
             autotuner (:mod:`mqcompile.kernels.autotune`) times its candidates then, which it cannot do while
             ``torch.compile`` traces with fake tensors (untimed shapes get the heuristic configs).
@@ -124,7 +154,9 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     if use:
         if not triton_available():
             raise ModuleNotFoundError("triton=True needs the triton package: pip install triton")
-        log.info("Triton ops: %s", use_triton_ops(module))
+        log.info("Triton ops: %s", use_triton_ops(module, int8_weights))
+    elif int8_weights:
+        raise ValueError("int8_weights applies to the Triton kernels: pass device='cuda' (or triton=True)")
     with torch.no_grad():
         for inputs in warmup:
             module(**inputs)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 
 import mqcompile
@@ -20,7 +21,7 @@ def test_grouped_weights_keep_the_reference_op(toy):
     qp = mqcompile.quantize(ep, dataclasses.replace(TOY_CONFIG, weight_group_size=4), progress=False)
     module = qp.module()
     counts = use_triton_ops(module)
-    assert counts == {"quantize_act": 4, "qlinear": 0, "kept": 4}
+    assert counts == {"quantize_act": 4, "qlinear": 0, "kept": 4, "unpacked": 0}
     targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
     assert torch.ops.mqcompile.qlinear.default in targets
 
@@ -45,3 +46,10 @@ def test_detach_to_retargets_factory_ops_and_leaves_the_program():
     module = detach_to(ep.module(), "meta")
     assert module(torch.zeros(2, 3, device="meta")).device.type == "meta"
     assert torch.equal(ep.module()(torch.zeros(2, 3)), torch.arange(3.0).expand(2, 3))  # the program is untouched
+
+
+def test_int8_weights_need_the_triton_path(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    with pytest.raises(ValueError, match="device='cuda'"):
+        mqcompile.compile(qp, int8_weights=True)

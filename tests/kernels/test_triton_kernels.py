@@ -138,7 +138,7 @@ def test_program_with_triton_ops_equals_the_program(toy):
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
     module = detach_to(qp.module(), DEVICE)
     counts = use_triton_ops(module)
-    assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0}
+    assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0, "unpacked": 0}
     for seed in (0, 3):
         inputs = {k: v.to(DEVICE) for k, v in toy_inputs(seed).items()}
         got, want = module(**inputs).cpu(), qp.module()(**toy_inputs(seed))
@@ -146,6 +146,18 @@ def test_program_with_triton_ops_equals_the_program(toy):
             assert torch.equal(got, want)
         else:  # the float lm_head runs in cuBLAS vs MKL: last-bit differences there only
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_weights_give_the_same_program(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    packed, unpacked = detach_to(qp.module(), DEVICE), detach_to(qp.module(), DEVICE)
+    use_triton_ops(packed)
+    assert use_triton_ops(unpacked, int8_weights=True)["unpacked"] == 4
+    int8 = [b for n, b in unpacked.named_buffers() if n.endswith("mq_qweight_int8")]
+    assert len(int8) == 4 and all(b.dtype == torch.int8 and int(b.abs().max()) <= 8 for b in int8)
+    inputs = {k: v.to(DEVICE) for k, v in toy_inputs(5).items()}
+    assert torch.equal(packed(**inputs), unpacked(**inputs))
 
 
 def test_triton_op_rejects_grouped_weights():
