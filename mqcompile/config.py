@@ -110,6 +110,9 @@ class QuantConfig:
             folded into its weight (QuaRot-style; an extra to any method but ``smoothquant``).
         rotate_max_block: largest Hadamard block (a power of two; the block is the largest power of two that divides
             the linear's K, at most this).
+        weight_rounding: ``rtn`` (each weight to its nearest grid point) or ``gptq`` (GPTQ error feedback over the
+            calibration tokens, on the same grid; needs calibration data, whatever the method).
+        gptq_damp: GPTQ's dampening, as a fraction of the mean Hessian diagonal.
         seed: seed of every random choice (reservoir sampling, sub-sampling, rotation signs).
         debug: lint and validate the program after every pass, naming the pass that broke it.
 
@@ -135,6 +138,8 @@ class QuantConfig:
     dabc_max_channels: int | None = None
     rotate: bool = False
     rotate_max_block: int = 256
+    weight_rounding: str = "rtn"
+    gptq_damp: float = 0.01
     seed: int = 0
     debug: bool = False
 
@@ -147,6 +152,10 @@ class QuantConfig:
             raise ConfigError("rotate=True does not combine with method='smoothquant'; use rtn or a MorphoQuant method")
         if self.rotate_max_block < 2 or self.rotate_max_block & (self.rotate_max_block - 1):
             raise ConfigError(f"rotate_max_block must be a power of two >= 2, got {self.rotate_max_block}")
+        if self.weight_rounding not in ("rtn", "gptq"):
+            raise ConfigError(f"weight_rounding must be 'rtn' or 'gptq', got {self.weight_rounding!r}")
+        if not 0.0 < self.gptq_damp <= 1.0:
+            raise ConfigError(f"gptq_damp must be in (0, 1], got {self.gptq_damp}")
         if self.reservoir_tokens < 1:
             raise ConfigError(f"reservoir_tokens must be >= 1, got {self.reservoir_tokens}")
         if self.version != 1:
@@ -186,7 +195,7 @@ class QuantConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method in CALIBRATED_METHODS
+        return self.method in CALIBRATED_METHODS or self.weight_rounding == "gptq"
 
     def to_dict(self) -> dict:
         out = {}

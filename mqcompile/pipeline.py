@@ -16,6 +16,7 @@ from .passes import (
     check_program,
     dabc_plan,
     find_linears,
+    gptq,
     insert_modality_ids,
     mdqfo,
     rewrite_linears,
@@ -42,6 +43,7 @@ PIPELINE: tuple[tuple[str, PassFn], ...] = (
     ("smooth_quant", smooth_quant.run),
     ("dabc_plan", dabc_plan.run),
     ("mdqfo", mdqfo.run),
+    ("gptq", gptq.run),
     ("rewrite_linears", rewrite_linears.run),
 )
 

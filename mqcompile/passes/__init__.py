@@ -5,6 +5,7 @@ from . import (
     check_program,
     dabc_plan,
     find_linears,
+    gptq,
     insert_modality_ids,
     mdqfo,
     rewrite_linears,
@@ -28,5 +29,6 @@ __all__ = [
     "smooth_quant",
     "dabc_plan",
     "mdqfo",
+    "gptq",
     "rewrite_linears",
 ]

@@ -98,6 +98,9 @@ def _rewrite_one(
     weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
     gamma = extra.get("gamma")
     codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
+    if "weight_codes" in extra:  # GPTQ's codes on the same grid
+        c = extra["weight_codes"]
+        codes, scale = (pack_int4(c) if scheme.weight_bits == 4 else c), extra["weight_scale"]
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
