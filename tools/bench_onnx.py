@@ -6,7 +6,8 @@ python tools/bench_onnx.py --threads 2 --reps 10 --out docs/onnx_bench.md
 
 Every program is quantized W4A4 round-to-nearest (``mqcompile.quantize`` defaults) and exported four ways: float
 (``export_float_onnx`` of the unquantized program), ``w4a4``, ``w4a8`` and ``w4a16`` (``export_onnx``). Latency is the
-median of ``--reps`` runs after 2 warm-up runs, one session at a time, ``intra_op_num_threads=--threads``, default
+median of ``--reps`` runs after 2 warm-up runs, the variants of one model run in turn (round-robin, so load drift
+hits all alike), ``intra_op_num_threads=--threads``, default
 ORT options (``ORT_ENABLE_ALL``). The ORT-optimized graph is written once per file to count what ORT actually runs
 (``MatMulNBits`` = fused INT4 weight GEMMs).
 """
@@ -81,21 +82,27 @@ def real_models():
         log.warning("Whisper skipped: %s", exc)
 
 
-def latency_ms(path: Path, inputs: dict, threads: int, reps: int) -> tuple[float, np.ndarray]:
-    """Median latency (ms) and the first output."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-    out = session.run(None, feeds)[0]
-    session.run(None, feeds)
-    times = []
+def latencies_ms(paths: list[Path], inputs: dict, threads: int, reps: int) -> list[tuple[float, np.ndarray]]:
+    """Median latency (ms) and first output per file, the files' runs interleaved round-robin: on a shared machine
+    the load drifts over seconds, and timing one file after another lets that drift pose as a speed difference."""
+    sessions, feeds, outs = [], [], []
+    for path in paths:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+        outs.append(session.run(None, feed)[0])
+        session.run(None, feed)
+        sessions.append(session)
+        feeds.append(feed)
+    times: list[list[float]] = [[] for _ in paths]
     for _ in range(reps):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), out
+        for session, feed, t in zip(sessions, feeds, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, feed)
+            t.append(time.perf_counter() - start)
+    return [(1e3 * statistics.median(t), out) for t, out in zip(times, outs, strict=True)]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,11 +122,10 @@ def bench_model(name: str, ep, inputs: dict, workdir: Path, threads: int, reps: 
         path = workdir / f"{slug}_{variant}.onnx"
         report = export_onnx(qp, path, inputs, variant=variant, check=False)
         files.append((variant, path, report.file_bytes, parity(qp, path, inputs)))
-    reference = None
-    for variant, path, size, par in files:
-        log.info("%s: timing %s", name, variant)
-        ms, out = latency_ms(path, inputs, threads, reps)
-        reference = out if reference is None else reference
+    log.info("%s: timing %s, interleaved", name, ", ".join(f[0] for f in files))
+    timed = latencies_ms([f[1] for f in files], inputs, threads, reps)
+    reference = timed[0][1]
+    for (variant, path, size, par), (ms, out) in zip(files, timed, strict=True):
         ops = ort_optimized_op_counts(path, workdir / f"{path.stem}.ort.onnx")
         rows.append(
             {
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine}.",
             "",
             f"CPU execution provider, `intra_op_num_threads={args.threads}`, default graph optimizations "
-            f"(`ORT_ENABLE_ALL`), median of {args.reps} runs after 2 warm-up runs. Programs quantized W4A4 "
+            f"(`ORT_ENABLE_ALL`), median of {args.reps} runs after 2 warm-up runs, a model's variants run in turn "
+            "(round-robin, so load drift hits all alike). Programs quantized W4A4 "
             "round-to-nearest; `w4a8`/`w4a16` are the same quantized weights with INT8 / no activation Q/DQ. "
             '"MatMulNBits" and "Q+DQ nodes run" count the nodes of ORT\'s optimized graph '
             "(`SessionOptions.optimized_model_filepath`). Cosines of the first output: ORT vs "
