@@ -37,6 +37,7 @@ from mqcompile.kernels import (
     pack_int4,  # noqa: E402
 )
 from mqcompile.kernels import reference as ref  # noqa: E402
+from mqcompile.metrics import cosine  # noqa: E402
 
 log = logging.getLogger("bench_kernels")
 
@@ -205,10 +206,6 @@ def decoder_model(layers: int, small: bool, dtype: torch.dtype):
     return Qwen2ForCausalLM(config).eval().to(dtype)  # exported in the serving dtype: the ops output it too
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
-
-
 def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
     """Each case is exported at its own static shape and compiled with ``dynamic=False``, for both models alike
     (torch 2.11's export fails to prove a trivially true guard at these dims with a dynamic sequence)."""
@@ -235,8 +232,8 @@ def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list
             t_base = measure(copies(lambda i, m, f=base: f(input_ids=i, attention_mask=m), *inputs.values()), w_base)
             t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m), *inputs.values()), w_ours)
         rows.append({"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours,
-                     "speedup": t_base / t_ours, "cos_compiled_vs_eager": _cos(got, want),
-                     "cos_vs_float": _cos(got, flt)})  # fmt: skip
+                     "speedup": t_base / t_ours, "cos_compiled_vs_eager": cosine(want, got),
+                     "cos_vs_float": cosine(flt, got)})  # fmt: skip
         log.info("%s", rows[-1])
     float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
     quant_bytes = sum(
