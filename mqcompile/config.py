@@ -69,6 +69,12 @@ DABC_METHODS: frozenset[str] = frozenset({"dabc", "morphoquant"})
 MDQFO_METHODS: frozenset[str] = frozenset({"dabc", "mdqfo_clips", "morphoquant"})
 
 
+def group_for(group_size: int | None, k: int) -> int:
+    """The weight group size used for a linear with ``k`` inputs: 0 (one scale per channel) when none is set or the
+    group would cover the whole row."""
+    return group_size if group_size and group_size < k else 0
+
+
 def scheme(name: str) -> Scheme:
     """Look up a scheme by name, with an error that lists the known ones."""
     try:
@@ -192,6 +198,10 @@ class QuantConfig:
         if any(fnmatchcase(name, p) for p in self.keep_float):
             return SCHEMES["float"]
         return scheme(self.modality.get(path, self.default))
+
+    def group_for(self, k: int) -> int:
+        """:func:`group_for` with this config's ``weight_group_size``."""
+        return group_for(self.weight_group_size, k)
 
     @property
     def needs_calibration(self) -> bool:

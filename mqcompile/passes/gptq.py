@@ -23,22 +23,23 @@ from ..kernels.reference import quantize_weight_ref
 from ..solvers import gptq_codes
 from .base import PassContext, PassResult
 from .find_linears import linear_nodes
+from .rewrite_linears import table_value
 
 __all__ = ["run", "weight_tokens"]
 
 log = logging.getLogger(__name__)
 
 
-def weight_tokens(stats, extra: dict) -> torch.Tensor | None:
-    """The calibration tokens as the quantized weights see them, all modalities together (``None``: no tokens)."""
+def weight_tokens(stats, extra: dict, routed: bool) -> torch.Tensor | None:
+    """The calibration tokens as the quantized weights see them, all modalities together (``None``: no tokens);
+    each group loses the DABC shift the deployed linear subtracts from it (:func:`table_value`, as the rewrite)."""
     shifts = extra.get("shift", {})
-    fallback = shifts.get("shared", next(iter(shifts.values()), None)) if shifts else None
     rows = []
     for key, tokens in stats.token_groups().items():
         t = tokens.float()
         if "act_multiplier" in extra:
             t = t * extra["act_multiplier"].float()
-        shift = shifts.get(key, fallback)
+        shift = table_value(shifts, key if routed else None) if shifts else None
         rows.append(t if shift is None else t - shift.float())
     return torch.cat(rows) if rows else None
 
@@ -54,14 +55,13 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         name, bits = info["name"], SCHEMES[info["scheme"]].weight_bits
         extra = ctx.tensors.setdefault(name, {})
         stats = ctx.stats.get(name)
-        tokens = None if stats is None else weight_tokens(stats, extra)
+        tokens = None if stats is None else weight_tokens(stats, extra, bool(info.get("modality_ids")))
         if tokens is None or not len(tokens):
             log.warning("linear %s: no calibration tokens reached it; its weights keep round-to-nearest", name)
             counts["no_tokens"] += 1
             continue
         weight = extra.get("weight", ep.state_dict[targets[node.args[1].name][1]]).detach().float()
-        k = weight.shape[1]
-        group = ctx.config.weight_group_size if ctx.config.weight_group_size and ctx.config.weight_group_size < k else 0
+        group = ctx.config.group_for(weight.shape[1])
         _, scale = quantize_weight_ref(weight, bits, group, extra.get("gamma"))
         extra["weight_codes"] = gptq_codes(weight, tokens, scale, bits, damp=ctx.config.gptq_damp)
         extra["weight_scale"] = scale

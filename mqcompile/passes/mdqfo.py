@@ -49,8 +49,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         info = meta.get(node)
         name = info["name"]
         weight = ctx.tensors.get(name, {}).get("weight", ep.state_dict[targets[node.args[1].name][1]])
-        k = info["in_features"]
-        group = ctx.config.weight_group_size if ctx.config.weight_group_size and ctx.config.weight_group_size < k else 0
+        group = ctx.config.group_for(info["in_features"])
         tokens = ctx.stats[name].token_groups(expected_modalities(node, ctx))
         plans = ctx.plans.get(name)
         if plans is not None and set(plans) != set(tokens):

@@ -22,13 +22,13 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 
 from .. import meta
-from ..config import MODALITIES, SCHEMES
+from ..config import MODALITIES, SCHEMES, group_for
 from ..graph_utils import example_inputs_of, reexport
 from ..kernels import pack_int4
 from ..kernels.reference import quantize_weight_ref
 from .base import PassContext, PassResult
 
-__all__ = ["run", "quantized_weight"]
+__all__ = ["run", "quantized_weight", "table_value"]
 
 
 def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
@@ -40,8 +40,7 @@ def quantized_weight(
     w: torch.Tensor, bits: int, group_size: int | None, gamma: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Codes as stored (packed uint8 for int4, int8 for int8), fp32 scales ``[N, G]``, and the group size used."""
-    k = w.shape[1]
-    group = group_size if group_size and group_size < k else 0
+    group = group_for(group_size, w.shape[1])
     codes, scale = quantize_weight_ref(w.detach(), bits, group, gamma)
     return (pack_int4(codes) if bits == 4 else codes), scale, group
 
@@ -51,15 +50,20 @@ def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, nam
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
 
+def table_value(values: dict, modality: str | None):
+    """The entry of a per-modality parameter dict that tokens of ``modality`` use: their own when routed, else (or
+    when missing) ``shared``, else the first; ``modality=None`` for a linear without routing (one row for all)."""
+    fallback = values.get("shared", next(iter(values.values())))
+    return fallback if modality is None else values.get(modality, fallback)
+
+
 def _rows(values: dict, routed: bool, default):
-    """Per-modality table rows: MODALITIES order when routed (missing keys take ``shared`` or the first value),
-    else the single entry."""
+    """Per-modality table rows: MODALITIES order when routed, else the single entry (:func:`table_value`)."""
     if not values:
         return [default] * (len(MODALITIES) if routed else 1)
-    fallback = values.get("shared", next(iter(values.values())))
     if not routed:
-        return [fallback]
-    return [values.get(m, fallback) for m in MODALITIES]
+        return [table_value(values, None)]
+    return [table_value(values, m) for m in MODALITIES]
 
 
 def _act_tables(extra: dict, routed: bool, weight: torch.Tensor):
@@ -97,10 +101,11 @@ def _rewrite_one(
     extra = ctx.tensors.get(info["name"], {})
     weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
     gamma = extra.get("gamma")
-    codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
-    if "weight_codes" in extra:  # GPTQ's codes on the same grid
-        c = extra["weight_codes"]
-        codes, scale = (pack_int4(c) if scheme.weight_bits == 4 else c), extra["weight_scale"]
+    if "weight_codes" in extra:  # GPTQ's codes on the grid it was given
+        c, scale = extra["weight_codes"], extra["weight_scale"]
+        codes, group = (pack_int4(c) if scheme.weight_bits == 4 else c), ctx.config.group_for(weight.shape[1])
+    else:
+        codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):

@@ -58,14 +58,13 @@ def gptq_codes(
     qmax = (1 << (bits - 1)) - 1
     qmin = -qmax - 1
     gs = -(-k // scale.shape[1])
-    col_scale = scale.double().repeat_interleave(gs, dim=1)[:, :k]  # [N, K]
+    col_scale = scale.float().repeat_interleave(gs, dim=1)[:, :k]  # [N, K]
     h = hessian(x)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
     # the factorizations in fp64 (H is near singular with few tokens), the column sweep in fp32 like the paper's
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    col_scale = col_scale.float()
     work = w.float().clone()
     codes = torch.empty(n, k, dtype=torch.int8)
     for i1 in range(0, k, block):
