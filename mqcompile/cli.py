@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     onx.add_argument("program", help="a .pt2 written by QuantizedProgram.save (or `mqcompile demo`)")
     onx.add_argument("output", help="the .onnx file to write")
-    onx.add_argument("--variant", default="w4a4", choices=["w4a4", "w4a8", "w4a16"], help="w4a16: ORT MatMulNBits")
+    onx.add_argument(
+        "--variant",
+        default="w4a4",
+        choices=["w4a4", "w4a8", "w4a16", "w4a8int"],  # mqcompile.onnx.lower.VARIANTS (onnx is imported lazily)
+        help="w4a16: ORT MatMulNBits; w4a8int: ORT integer GEMMs",
+    )
     onx.add_argument("--opset", type=int, default=21)
     onx.add_argument("--no-check", action="store_true", help="skip the checker and the ONNX Runtime parity run")
     onx.set_defaults(func=_export_onnx)

@@ -8,14 +8,16 @@ as ``Sub`` and the compensation as ``Add`` (``Gather`` on the per-token modality
 
 Variants (``variant=``): ``w4a4`` is the program as quantized; ``w4a8`` quantizes 4-bit activations to INT8
 (same per-token scales, ``/127``); ``w4a16`` drops the activation Q/DQ and stores weights blocked so that ONNX Runtime
-fuses ``DequantizeLinear(int4) + MatMul`` into ``MatMulNBits`` (measured in docs/onnx.md: the only variant ORT's CPU
-provider accelerates).
+fuses ``DequantizeLinear(int4) + MatMul`` into ``MatMulNBits``; ``w4a8int`` runs the linears on integers
+(``DynamicQuantizeLinear`` per-tensor UINT8 activations, ``MatMulInteger`` on the INT4 weights cast to INT8), which ONNX
+Runtime fuses into ``MatMulIntegerToFloat`` (docs/onnx.md: the variant that runs faster than float on ORT's CPU
+provider).
 
 Example::
 
     report = export_onnx(qp, "model.onnx")             # W4A4 QDQ, checked (checker + parity in onnxruntime)
     print(report.summary())
-    fast = export_onnx(qp, "model_w4a16.onnx", variant="w4a16")
+    fast = export_onnx(qp, "model_w4a8int.onnx", variant="w4a8int")
     max_abs, cos, agree = parity(qp, "model.onnx", inputs)
 """
 
@@ -248,6 +250,16 @@ def _torch_export(ep: ExportedProgram, inputs: Inputs, opset: int) -> ir.Model:
     return program.model
 
 
+def _keep_int4_casts(node: ir.Node) -> bool | None:
+    """Never fold ``Cast(INT4 initializer)`` (``w4a8int``'s weights): folding would store the weights as INT8 in the
+    file; ONNX Runtime folds the cast when the session loads."""
+    if node.op_type == "Cast" and node.inputs and node.inputs[0] is not None:
+        value = node.inputs[0].const_value
+        if value is not None and value.dtype in (ir.DataType.INT4, ir.DataType.UINT4):
+            return False
+    return None
+
+
 def _optimize(model: ir.Model) -> None:
     """After lowering: fold constants (never Q/DQ: the folder keeps them), drop dead nodes, de-duplicate
     initializers and common subexpressions (linears reading the same activation with the same clip share one
@@ -257,7 +269,7 @@ def _optimize(model: ir.Model) -> None:
 
     common.InlinePass()(model)
     for _ in range(2):
-        folded = onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+        folded = onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_keep_int4_casts)
         common.RemoveUnusedNodesPass()(model)
         if not folded.modified:
             break
@@ -318,7 +330,8 @@ def export_onnx(
             example inputs.
         opset: ONNX opset, at least 21 (INT4 Q/DQ).
         variant: ``w4a4`` (as quantized), ``w4a8`` (INT8 activation Q/DQ), ``w4a16`` (no activation Q/DQ; ONNX
-            Runtime fuses the INT4 weights into MatMulNBits).
+            Runtime fuses the INT4 weights into MatMulNBits), ``w4a8int`` (integer MatMulInteger on per-tensor UINT8
+            activations; per-channel weights only).
         check: run ``onnx.checker.check_model(full_check=True)`` and :func:`parity` in ONNX Runtime (CPU).
 
     Returns:
@@ -327,7 +340,8 @@ def export_onnx(
     Raises:
         ConfigError: opset below 21, unknown variant, unwritable path.
         UnsupportedProgramError: an op without ONNX translation (named with its node), a program the exporter cannot
-            express (dynamic shapes), example inputs outside the program's static shapes.
+            express (dynamic shapes), example inputs outside the program's static shapes, grouped weights with
+            ``variant="w4a8int"``.
         CalibrationError: example inputs that do not match the program's input names.
     """
     start = time.perf_counter()

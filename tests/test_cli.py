@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from mqcompile import QuantizedProgram
 from mqcompile.cli import main
 
@@ -31,6 +33,17 @@ def test_export_onnx_subcommand(toy, tmp_path, capsys):
     assert (tmp_path / "toy.onnx").stat().st_size > 0
     cosine = float(out.split("cosine ")[1].split(",")[0])
     assert cosine > 0.999 and "INT4 initializers" in out
+    assert main(["export-onnx", str(tmp_path / "toy.pt2"), str(tmp_path / "int.onnx"), "--variant", "w4a8int"]) == 0
+    assert "w4a8int" in capsys.readouterr().out
+
+
+def test_export_onnx_subcommand_offers_every_variant():
+    from mqcompile.onnx.lower import VARIANTS
+
+    for variant in VARIANTS:  # argparse exits on a choice it does not know
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export-onnx", "--variant", variant, "--help"])
+        assert exit_info.value.code == 0
 
 
 def test_export_onnx_subcommand_names_a_missing_program(tmp_path, capsys):

@@ -157,6 +157,9 @@ def test_toy_dabc_shift_and_routed_compensation(toy_mq, tmp_path):
     for seed in (7, 8):
         p = parity(toy_mq, report.path, _outlier_inputs(seed))
         assert p.cosine >= COSINE and p.argmax_agreement == 1.0, p
+    integer = export_onnx(toy_mq, tmp_path / "toy_mq_int.onnx", variant="w4a8int")  # keeps shift + compensation
+    assert integer.node_counts["Sub"] == report.node_counts["Sub"]
+    assert parity(toy_mq, integer.path, _outlier_inputs(7)).cosine >= 0.99
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +216,56 @@ def test_variants_and_what_onnxruntime_fuses(toy_rtn, toy_w4a4, tmp_path):
     for report in (toy_w4a4, a8):  # activation Q/DQ in front of the MatMul: ORT keeps DequantizeLinear + Gemm
         fused = ort_optimized_op_counts(report.path, tmp_path / "x.ort.onnx")
         assert "MatMulNBits" not in fused and fused["DequantizeLinear"] == 8
+    a8i = export_onnx(toy_rtn, tmp_path / "a8i.onnx", variant="w4a8int")
+    assert a8i.quantize_linear == a8i.dequantize_linear == 0 and a8i.int4_initializers == 4  # the file stays 4-bit
+    assert a8i.node_counts["MatMulInteger"] == a8i.node_counts["DynamicQuantizeLinear"] == 4
+    assert a8i.parity.cosine >= 0.99
+    fused = ort_optimized_op_counts(a8i.path, tmp_path / "a8i.ort.onnx")
+    assert fused.get("MatMulIntegerToFloat") == 4 and "MatMulInteger" not in fused and "Cast" not in fused
+
+
+def _dynamic_quantize_linear(x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """ONNX DynamicQuantizeLinear, as its spec writes it (float64 here)."""
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = (hi - lo) / 255
+    zero = int(np.clip(np.round(-lo / scale), 0, 255))
+    return np.clip(np.round(x / scale) + zero, 0, 255), scale, zero
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 40), (2, 33, 40)])
+def test_integer_variant_matches_a_numpy_reference(shape, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(40, 24).eval()  # K = 40: not a multiple of any block
+    x = torch.randn(*shape)
+    x[..., 5] += 6.0  # one large channel: an asymmetric range, a nonzero UINT8 zero point
+    qp = mqcompile.quantize(torch.export.export(model, (x,)), progress=False)
+    report = export_onnx(qp, tmp_path / "lin.onnx", variant="w4a8int")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(report.path).graph.initializer}
+    weight = next(v for k, v in inits.items() if k.endswith("qweight")).astype(np.float64)  # [K, N], int4 values
+    w_scale = next(v for k, v in inits.items() if k.endswith("w_scale")).astype(np.float64)
+    assert weight.shape == (40, 24) and weight.min() >= -8 and weight.max() <= 7
+    rows = x.reshape(-1, 40).double().numpy()
+    codes, scale, zero = _dynamic_quantize_linear(rows)
+    want = (codes - zero) @ weight * (w_scale * scale) + model.bias.detach().double().numpy()
+    session = _session(report.path)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].reshape(-1, 24)
+    # fp32 scales in ORT vs float64 here: rounding-level differences, never a wrong code (that would cost a column
+    # of |weight| * scale >= 0.5 * scale * w_scale)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    exact = model(x).detach().reshape(-1, 24).double().numpy()
+    program = qp.module()(x).detach().reshape(-1, 24).double().numpy()
+    assert _cosine(got, exact) > _cosine(program, exact)  # 8-bit activations: closer to float than the W4A4 program
+
+
+def _cosine(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_integer_variant_needs_per_channel_weights(toy_ep, tmp_path):
+    qp = mqcompile.quantize(toy_ep[1], _config(weight_group_size=4), progress=False)
+    with pytest.raises(UnsupportedProgramError, match="one weight scale per output channel"):
+        export_onnx(qp, tmp_path / "g.onnx", variant="w4a8int")
 
 
 def test_grouped_int8_and_weight_only_linears(toy_ep, tmp_path):

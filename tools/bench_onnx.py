@@ -4,12 +4,12 @@ python tools/bench_onnx.py                 # tiny Qwen2.5-Omni towers, plus DINO
 python tools/bench_onnx.py --tiny-only     # only the tiny towers (seconds)
 python tools/bench_onnx.py --threads 2 --reps 10 --out docs/onnx_bench.md
 
-Every program is quantized W4A4 round-to-nearest (``mqcompile.quantize`` defaults) and exported four ways: float
-(``export_float_onnx`` of the unquantized program), ``w4a4``, ``w4a8`` and ``w4a16`` (``export_onnx``). Latency is the
-median of ``--reps`` runs after 2 warm-up runs, the variants of one model run in turn (round-robin, so load drift
-hits all alike), ``intra_op_num_threads=--threads``, default
+Every program is quantized W4A4 round-to-nearest (``mqcompile.quantize`` defaults) and exported five ways: float
+(``export_float_onnx`` of the unquantized program), ``w4a4``, ``w4a8``, ``w4a16`` and ``w4a8int`` (``export_onnx``).
+Latency is the median of ``--reps`` runs after 2 warm-up runs, the variants of one model run in turn (round-robin, so
+load drift hits all alike), ``intra_op_num_threads=--threads``, default
 ORT options (``ORT_ENABLE_ALL``). The ORT-optimized graph is written once per file to count what ORT actually runs
-(``MatMulNBits`` = fused INT4 weight GEMMs).
+(``MatMulNBits`` = fused INT4 weight GEMMs; integer GEMMs = ``MatMulIntegerToFloat`` and the like).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from mqcompile.evaluation.suite import cpu_name
 from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 
 log = logging.getLogger("bench_onnx")
-VARIANTS = ("w4a4", "w4a8", "w4a16")
+VARIANTS = ("w4a4", "w4a8", "w4a16", "w4a8int")
+INT_GEMMS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
 
 
 def _load() -> str:
@@ -134,6 +135,7 @@ def bench_model(name: str, ep, inputs: dict, workdir: Path, threads: int, reps: 
                 "ms": ms,
                 "mib": size / 2**20,
                 "nbits": ops.get("MatMulNBits", 0),
+                "int_gemms": sum(ops.get(op, 0) for op in INT_GEMMS),
                 "qdq": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
                 "cosine": None if par is None else par.cosine,
                 "cos_float": _cosine(out, reference),
@@ -147,14 +149,15 @@ def bench_model(name: str, ep, inputs: dict, workdir: Path, threads: int, reps: 
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| model | ONNX | latency ms | vs float | file MiB | MatMulNBits | Q+DQ nodes run | cosine vs W4A4 program "
-        "| cosine vs float ONNX |"
+        "| model | ONNX | latency ms | vs float | file MiB | MatMulNBits | integer GEMMs | Q+DQ nodes run "
+        "| cosine vs W4A4 program | cosine vs float ONNX |"
     )
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cos = "-" if r["cosine"] is None else f"{r['cosine']:.5f}"
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f}x | {r['mib']:.2f} | {r['nbits']} | "
+            f"{r['int_gemms']} | "
             f"{r['qdq']} | {cos} | {r['cos_float']:.5f} |"
         )
     return "\n".join(lines)
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU execution provider, `intra_op_num_threads={args.threads}`, default graph optimizations "
             f"(`ORT_ENABLE_ALL`), median of {args.reps} runs after 2 warm-up runs, a model's variants run in turn "
             "(round-robin, so load drift hits all alike). Programs quantized W4A4 "
-            "round-to-nearest; `w4a8`/`w4a16` are the same quantized weights with INT8 / no activation Q/DQ. "
+            "round-to-nearest; `w4a8`/`w4a16`/`w4a8int` are the same quantized weights with INT8 per-token / no / "
+            "UINT8 per-tensor activations (`w4a8int` on integer GEMMs). "
             '"MatMulNBits" and "Q+DQ nodes run" count the nodes of ORT\'s optimized graph '
             "(`SessionOptions.optimized_model_filepath`). Cosines of the first output: ORT vs "
             "`QuantizedProgram.module()` (W4A4, torch), and ORT vs the float ONNX model in ORT. W4A4 round-to-nearest "

@@ -16,7 +16,16 @@ QuantizeLinear divides and rounds half to even, then saturates to [-8, 7], like 
 reference (checked bit for bit in the tests). Variants change only the activation side: ``w4a8`` quantizes the
 4-bit activations to INT8 with ``qmax = 127``; ``w4a16`` drops the activation Q/DQ. ``w4a16`` also stores
 per-channel 4-bit weights blocked along K (block 16..128, the channel scale repeated per block, same dequantized
-values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``.
+values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``. ``w4a8int`` computes in
+integers instead of Q/DQ::
+
+    xq, xs, xz = DynamicQuantizeLinear(x2)          # per-tensor UINT8, asymmetric (ONNX's only dynamic quantizer)
+    y  = Mul(Cast(MatMulInteger(xq, Cast(L.qweight INT4 -> INT8), xz), FLOAT), Mul(L.w_scale, xs))
+
+which ONNX Runtime fuses into ``MatMulIntegerToFloat`` on its u8s8 integer GEMMs (the weight ``Cast`` is folded
+when the session loads, so the file keeps INT4 weights). Per-token scales and the activation clip are not
+expressible there (``MatMulIntegerToFloat`` takes one activation scale per tensor), so this variant's numerics
+differ from the program's more than ``w4a8``'s; the DABC shift and compensation stay.
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, WLINEAR
 
 __all__ = ["VARIANTS", "LoweringStats", "lower_markers", "linear_name", "nbits_block"]
 
-VARIANTS: tuple[str, ...] = ("w4a4", "w4a8", "w4a16")
+VARIANTS: tuple[str, ...] = ("w4a4", "w4a8", "w4a16", "w4a8int")
+# variants without per-token activation Q/DQ in front of their MatMuls
+_NO_ACT_QDQ = ("w4a16", "w4a8int")
 _FLOAT = ir.DataType.FLOAT
 
 
@@ -106,15 +117,19 @@ class _Lowerer:
         return value
 
     def op(self, anchor: ir.Node, prefix: str, op_type: str, inputs, **attrs) -> ir.Value:
+        return self.op_outputs(anchor, prefix, op_type, inputs, 1, **attrs)[0]
+
+    def op_outputs(self, anchor: ir.Node, prefix: str, op_type: str, inputs, n: int, **attrs) -> list[ir.Value]:
         node = ir.Node(
             "",
             op_type,
             inputs,
             attributes=ir.convenience.convert_attributes(attrs),
+            num_outputs=n,
             name=self._unique(f"{prefix}/{op_type}"),
         )
         self.graph.insert_before(anchor, node)
-        return node.outputs[0]
+        return list(node.outputs)
 
     def ints(self, values) -> np.ndarray:
         return np.asarray(values, dtype=np.int64)
@@ -164,7 +179,7 @@ class _Lowerer:
             v.is_graph_output() or any(not (c.domain == DOMAIN and c.op_type == QLINEAR) for c in v.consumers())
             for v in qa.outputs
         )
-        if self.variant != "w4a16" or needs_codes:
+        if self.variant not in _NO_ACT_QDQ or needs_codes:
             qtype = ir.DataType.INT4 if act_bits == 4 else ir.DataType.INT8
             info["q"] = self.op(qa, p, "QuantizeLinear", [x2, scale], axis=0, output_dtype=qtype)
             self.stats.act_quant += 1
@@ -181,7 +196,7 @@ class _Lowerer:
         return info
 
     def dequantized_act(self, qa: ir.Node, info: dict) -> ir.Value:
-        if self.variant == "w4a16" or info["q"] is None:
+        if self.variant in _NO_ACT_QDQ or info["q"] is None:
             return info["x2"]
         if info["xd"] is None:
             p = f"{linear_name(qa)}/act"
@@ -189,12 +204,28 @@ class _Lowerer:
         return info["xd"]
 
     # --- weights ----------------------------------------------------------------------------------------------
-    def weight(self, node: ir.Node, anchor: ir.Node, name: str, w_v, ws_v, bits: int, group: int, k: int):
+    def _weight_arrays(self, node: ir.Node, w_v, ws_v, bits: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The weight's integer values ``[K, N]`` (MatMul's B layout, int8) and its scales (fp32, as stored)."""
         codes = _const(w_v, "quantized weight", node)
         scale = _const(ws_v, "weight scale", node).astype(np.float32)
         q = unpack_int4(torch.from_numpy(codes), k).numpy() if bits == 4 else codes.astype(np.int8)
-        qt = np.ascontiguousarray(q.T)  # [K, N]: MatMul's B layout
-        n = q.shape[0]
+        return np.ascontiguousarray(q.T), scale
+
+    def int_weight(self, node: ir.Node, name: str, w_v, ws_v, bits: int, k: int) -> tuple[ir.Value, ir.Value]:
+        """INT8 weight values for ``MatMulInteger`` (an INT4 initializer cast in the graph, so the file stays 4-bit)
+        and the per-channel scale ``[N]``."""
+        qt, scale = self._weight_arrays(node, w_v, ws_v, bits, k)
+        if bits == 4:
+            w = self.op(
+                node, name, "Cast", [self.init(f"{name}.qweight", qt.astype(ml_dtypes.int4))], to=ir.DataType.INT8
+            )
+        else:
+            w = self.init(f"{name}.qweight", qt)
+        return w, self.init(f"{name}.w_scale", scale.reshape(-1))
+
+    def weight(self, node: ir.Node, anchor: ir.Node, name: str, w_v, ws_v, bits: int, group: int, k: int):
+        qt, scale = self._weight_arrays(node, w_v, ws_v, bits, k)
+        n = qt.shape[1]
         attrs: dict = {}
         if group:
             scale_t = np.ascontiguousarray(scale.T)  # [G, N]
@@ -240,6 +271,21 @@ class _Lowerer:
             )
         return y
 
+    def int_matmul(self, ql: ir.Node, name: str, x2: ir.Value, bits: int, group: int, k: int) -> ir.Value:
+        """``w4a8int``: ``x2 @ W.T`` through DynamicQuantizeLinear + MatMulInteger, scaled back to fp32."""
+        if group:
+            raise UnsupportedProgramError(
+                f"{name}: variant 'w4a8int' needs one weight scale per output channel (MatMulInteger has no per-block "
+                f"scales), but this linear's weights use groups of {group}; export variant='w4a16' or 'w4a8', or "
+                "quantize with weight_group_size=None"
+            )
+        w, w_scale = self.int_weight(ql, name, ql.inputs[2], ql.inputs[3], bits, k)
+        xq, xs, xz = self.op_outputs(ql, name, "DynamicQuantizeLinear", [x2], 3)
+        acc = self.op(ql, name, "MatMulInteger", [xq, w, xz])
+        # Cast -> Mul(acc, Mul(b_scale, a_scale)) is the pattern ORT fuses into MatMulIntegerToFloat
+        scale = self.op(ql, name, "Mul", [w_scale, xs])
+        return self.op(ql, name, "Mul", [self.op(ql, name, "Cast", [acc], to=_FLOAT), scale])
+
     def lower_qlinear(self, ql: ir.Node) -> None:
         qa = ql.inputs[0].producer() if ql.inputs[0] is not None else None
         name = linear_name(ql)
@@ -250,9 +296,12 @@ class _Lowerer:
             )
         k, bits, group = _attr(ql, "in_features"), _attr(ql, "w_bits", 4), _attr(ql, "group_size")
         info = self.lower_act(qa, k)
-        xd = self.dequantized_act(qa, info)
-        wd = self.weight(ql, ql, name, ql.inputs[2], ql.inputs[3], bits, group, k)
-        y = self.op(ql, name, "MatMul", [xd, wd])
+        if self.variant == "w4a8int":
+            y = self.int_matmul(ql, name, info["x2"], bits, group, k)
+        else:
+            xd = self.dequantized_act(qa, info)
+            wd = self.weight(ql, ql, name, ql.inputs[2], ql.inputs[3], bits, group, k)
+            y = self.op(ql, name, "MatMul", [xd, wd])
         ids_flat = info["ids_flat"]
         if _input(ql, 6) is not None and ids_flat is None:
             ids_flat = self.op(ql, name, "Reshape", [ql.inputs[6], self.init(f"{name}.ids_shape", self.ints([-1]))])
