@@ -18,7 +18,7 @@ import torch
 from . import reference as ref
 from .pack import unpack_int4_float
 
-__all__ = ["quantize_act", "qlinear", "wlinear", "cpu_int_gemm", "exact_float_chunk"]
+__all__ = ["quantize_act", "qlinear", "wlinear", "cpu_int_gemm", "cpu_group_gemm", "exact_float_chunk"]
 
 
 @torch.library.custom_op("mqcompile::quantize_act", mutates_args=())
@@ -63,6 +63,16 @@ def cpu_int_gemm(xq: torch.Tensor, w: torch.Tensor, w_bits: int, in_features: in
     return acc
 
 
+def cpu_group_gemm(xq: torch.Tensor, w: torch.Tensor, w_bits: int, in_features: int, group_size: int, groups: int):
+    """Per-group integer dot products ``[M, G, N]`` (exact, as fp32) through one batched fp32 GEMM: the reference's
+    int32 einsum runs ~6x slower on CPU. Exact while ``group_size <= exact_float_chunk(8, w_bits)``."""
+    wf = unpack_int4_float(w, in_features) if w_bits == 4 else w.float()
+    pad = groups * group_size - in_features
+    xg = torch.nn.functional.pad(xq.float(), (0, pad)).reshape(-1, groups, group_size).transpose(0, 1)  # [G, M, gs]
+    wg = torch.nn.functional.pad(wf, (0, pad)).reshape(-1, groups, group_size).permute(1, 2, 0)  # [G, gs, N]
+    return torch.bmm(xg, wg).transpose(0, 1).contiguous()
+
+
 @torch.library.custom_op("mqcompile::qlinear", mutates_args=())
 def qlinear(
     xq: torch.Tensor,
@@ -79,11 +89,16 @@ def qlinear(
 ) -> torch.Tensor:
     """Integer linear on int8-container codes, plus DABC compensation; see :func:`reference.qlinear_ref`."""
     args = (xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp, modality_ids)
-    if xq.device.type != "cpu" or group_size:
+    if xq.device.type != "cpu" or group_size > exact_float_chunk(8, w_bits):
         return ref.qlinear_ref(*args)
     lead = xq.shape[:-1]
-    acc = cpu_int_gemm(xq.reshape(-1, in_features), w, w_bits, in_features)
-    y = (acc.float() * x_scale.reshape(-1, 1).float()) * w_scale.float().T
+    x2 = xq.reshape(-1, in_features)
+    if group_size:  # same ops as the reference on the same [M, G, N] values: bit-exact
+        acc = cpu_group_gemm(x2, w, w_bits, in_features, group_size, w_scale.shape[1])
+        y = ((acc * x_scale.reshape(-1, 1, 1).float()) * w_scale.float().T[None]).sum(dim=1)
+    else:
+        acc = cpu_int_gemm(x2, w, w_bits, in_features)
+        y = (acc.float() * x_scale.reshape(-1, 1).float()) * w_scale.float().T
     return ref.epilogue(y, bias, comp, modality_ids, lead, out_dtype)
 
 

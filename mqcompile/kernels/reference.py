@@ -104,7 +104,7 @@ def int_matmul_ref(xq: torch.Tensor, wq: torch.Tensor, group_size: int = 0, grou
         return xq.to(torch.int32) @ wq.to(torch.int32).T
     xg = _group_view(xq.to(torch.int32), group_size, groups)  # [M, G, gs]
     wg = _group_view(wq.to(torch.int32), group_size, groups)  # [N, G, gs]
-    return torch.einsum("mgk,ngk->mgn", xg, wg)
+    return torch.einsum("mgk,ngk->mgn", xg, wg).contiguous()  # one layout: the fp32 sum over G depends on it
 
 
 def qlinear_ref(

@@ -71,7 +71,7 @@ def _weights(n, k, bits, group, seed=1):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("bits,group", [(4, 0), (4, 32), (8, 0)])
+@pytest.mark.parametrize("bits,group", [(4, 0), (4, 32), (4, 128), (8, 0), (8, 16)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_qlinear_matches_reference(shape, bits, group, bias):
     k, n = shape[-1], 24
