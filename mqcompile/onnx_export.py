@@ -307,7 +307,7 @@ def _counts(model: ir.Model) -> tuple[dict[str, int], int, int]:
             int4 += 1
             quant_bytes += v.const_value.nbytes
         elif dtype in (ir.DataType.INT8, ir.DataType.UINT8) and any(
-            c.op_type == "DequantizeLinear" for c in v.consumers()
+            c.op_type in ("DequantizeLinear", "MatMulInteger") for c in v.consumers()
         ):
             quant_bytes += v.const_value.nbytes
     return dict(sorted(counts.items())), int4, quant_bytes
