@@ -42,6 +42,13 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
     # extra rows, reported separately: an online block Hadamard rotation (QuaRot-style) before quantizing
     "W4A4-RTN+Rot": {"default": "w4a4", "rotate": True},
     "W4A4-MorphoQuant+Rot": {"default": "w4a4", "method": "morphoquant", "rotate": True},
+    # MorphoQuant + rotate without MDQFO's activation clips (alpha = 1): docs/method.md measured them hurting decoders
+    "W4A4-MorphoQuant+Rot-noActClip": {
+        "default": "w4a4",
+        "method": "morphoquant",
+        "rotate": True,
+        "mdqfo_act_clips": False,
+    },
     # and GPTQ weight rounding on the same grids (a larger reservoir: GPTQ's Hessian needs more tokens than K / 4)
     "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "rotate": True, "weight_rounding": "gptq", "reservoir_tokens": 1024},
     "W4A4-MorphoQuant+Rot+GPTQ": {

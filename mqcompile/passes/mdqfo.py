@@ -32,6 +32,7 @@ def options_for(ctx: PassContext, scheme, group_size: int) -> MdqfoOptions:
         group_size=group_size,
         morph_weight=ctx.config.morph_weight,
         optimize_clips=method != "dabc",
+        optimize_act_clips=ctx.config.mdqfo_act_clips,
         optimize_masks=method == "morphoquant",
         ste_steps=ctx.config.mdqfo_ste_steps,
         time_budget_s=ctx.config.mdqfo_time_budget_s,

@@ -10,7 +10,8 @@ on calibration tokens ``X_m`` (each modality's *relative* error, so 20 text toke
 tokens; the morphology term keeps each modality's per-channel output mean/std). Steps: grid search of ``alpha_m``
 (separable per modality), grid search of ``gamma_n`` (separable per output channel), ``alpha_m`` again, greedy
 mask toggles, then straight-through (STE) gradient refinement of ``gamma``/``alpha`` on sub-sampled tokens. Every
-step is accepted only if the full loss drops, so the result never has a higher loss than the start.
+step is accepted only if the full loss drops, so the result never has a higher loss than the start. With
+``optimize_act_clips=False`` every ``alpha_m`` stays 1 (no activation clipping) and only ``gamma`` and the masks move.
 
 Example:
     >>> res = optimize_linear(w, {"text": x}, MdqfoOptions())  # doctest: +SKIP
@@ -40,6 +41,7 @@ class MdqfoOptions:
     gamma_grid: tuple[float, ...] = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7)
     morph_weight: float = 0.1
     optimize_clips: bool = True
+    optimize_act_clips: bool = True  # False: alpha stays 1 (weight clips and masks only)
     optimize_masks: bool = True
     mask_tries: int = 8
     mask_min_gain: float = 1e-3  # a mask toggle must cut the loss by this fraction (guards against overfitting)
@@ -163,8 +165,8 @@ def _mask_candidates(d: _Modality, mask: torch.Tensor, center: torch.Tensor, tri
 
 def _ste(w, data, gamma, alpha, shift, opts, gen) -> tuple[torch.Tensor, dict[str, float]]:
     g = gamma.clone().requires_grad_(True)
-    a = {m: torch.tensor(float(alpha[m]), requires_grad=True) for m in data}
-    optim = torch.optim.Adam([g, *a.values()], lr=opts.ste_lr)
+    a = {m: torch.tensor(float(alpha[m]), requires_grad=opts.optimize_act_clips) for m in data}
+    optim = torch.optim.Adam([g, *(v for v in a.values() if v.requires_grad)], lr=opts.ste_lr)
     for _ in range(opts.ste_steps):
         optim.zero_grad()
         wq = fake_quant_weight(w, g, opts.w_bits, opts.group_size, ste=True)
@@ -220,16 +222,18 @@ def optimize_linear(
             result.gamma, result.alpha, result.shift, result.loss_after = g, dict(a), dict(s), loss
             result.steps.append(name)
 
-    if opts.optimize_clips:
+    act_clips = opts.optimize_clips and opts.optimize_act_clips
+    if act_clips:
         accept(
             "alpha_grid",
             result.gamma,
             _alpha_grid(w, data, result.gamma, result.alpha, result.shift, opts),
             result.shift,
         )
+    if opts.optimize_clips:
         if not out_of_time():
             accept("gamma_grid", _gamma_grid(w, data, result.alpha, result.shift, opts), result.alpha, result.shift)
-        if not out_of_time():
+        if act_clips and not out_of_time():
             accept(
                 "alpha_grid_2",
                 result.gamma,

@@ -46,3 +46,13 @@ def test_deterministic(toy):
     b = mqcompile.quantize(ep, _config(method="morphoquant"), calibration=calib, progress=False)
     for k, v in a.exported_program.state_dict.items():
         assert torch.equal(v, b.exported_program.state_dict[k]), k
+
+
+def test_activation_clips_can_be_turned_off(toy):
+    _, _, ep = toy
+    calib = [toy_inputs(s) for s in range(1, 3)]
+    qp = mqcompile.quantize(ep, _config(method="morphoquant", mdqfo_act_clips=False), calibration=calib, progress=False)
+    state = qp.exported_program.state_dict
+    clips = [v for k, v in state.items() if k.endswith("mq_act_clip")]
+    assert len(clips) == 4 and all(bool((c == 1).all()) for c in clips)
+    assert QuantConfig.from_json(qp.config.to_json()).mdqfo_act_clips is False

@@ -58,3 +58,13 @@ def test_deterministic_under_seed():
     a = optimize_linear(w, tokens, MdqfoOptions(ste_steps=5, seed=1))
     b = optimize_linear(w, tokens, MdqfoOptions(ste_steps=5, seed=1))
     assert a.loss_after == b.loss_after and torch.equal(a.gamma, b.gamma)
+
+
+def test_without_activation_clips_alpha_stays_one_and_weight_clips_still_move():
+    w, tokens = _problem(5)
+    res = optimize_linear(w, tokens, MdqfoOptions(optimize_act_clips=False, ste_steps=5))
+    assert res.alpha == {"text": 1.0, "vision": 1.0}
+    assert not any(step.startswith("alpha") for step in res.steps)
+    assert res.loss_after <= res.loss_start and bool((res.gamma < 1).any())
+    with_clips = optimize_linear(w, tokens, MdqfoOptions(ste_steps=5))
+    assert any(a < 1 for a in with_clips.alpha.values())  # the same problem does want activation clips
