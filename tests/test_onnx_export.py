@@ -10,6 +10,7 @@ import mqcompile
 from mqcompile import ConfigError, QuantConfig, QuantizedProgram, UnsupportedProgramError
 from mqcompile.errors import CalibrationError
 from mqcompile.kernels.reference import quantize_act_ref
+from mqcompile.metrics import cosine
 from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 from tests.conftest import TOY_CONFIG, Toy, toy_inputs
 
@@ -252,14 +253,9 @@ def test_integer_variant_matches_a_numpy_reference(shape, tmp_path):
     # fp32 scales in ORT vs float64 here: rounding-level differences, never a wrong code (that would cost a column
     # of |weight| * scale >= 0.5 * scale * w_scale)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    exact = model(x).detach().reshape(-1, 24).double().numpy()
-    program = qp.module()(x).detach().reshape(-1, 24).double().numpy()
-    assert _cosine(got, exact) > _cosine(program, exact)  # 8-bit activations: closer to float than the W4A4 program
-
-
-def _cosine(a, b):
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    exact = model(x).reshape(-1, 24)
+    program = qp.module()(x).reshape(-1, 24)
+    assert cosine(torch.from_numpy(got), exact) > cosine(program, exact)  # 8-bit activations: closer to float
 
 
 def test_integer_variant_needs_per_channel_weights(toy_ep, tmp_path):
@@ -408,9 +404,7 @@ def _self_agreement(qp, inputs, draws=2):
     ((name, x),) = inputs.items()
     base = module(**inputs)
     g = torch.Generator().manual_seed(1)
-    cosines = [
-        _cosine(base, module(**{name: x * (1 + 1e-7 * torch.randn(x.shape, generator=g))})) for _ in range(draws)
-    ]
+    cosines = [cosine(base, module(**{name: x * (1 + 1e-7 * torch.randn(x.shape, generator=g))})) for _ in range(draws)]
     return sum(cosines) / draws
 
 

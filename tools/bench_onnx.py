@@ -31,6 +31,7 @@ import torch
 
 import mqcompile
 from mqcompile.evaluation.suite import cpu_name
+from mqcompile.metrics import cosine
 from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 
 log = logging.getLogger("bench_onnx")
@@ -106,11 +107,6 @@ def latencies_ms(paths: list[Path], inputs: dict, threads: int, reps: int) -> li
     return [(1e3 * statistics.median(t), out) for t, out in zip(times, outs, strict=True)]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def bench_model(name: str, ep, inputs: dict, workdir: Path, threads: int, reps: int) -> list[dict]:
     log.info("%s: quantizing", name)
     qp = mqcompile.quantize(ep, progress=False)
@@ -138,7 +134,7 @@ def bench_model(name: str, ep, inputs: dict, workdir: Path, threads: int, reps: 
                 "int_gemms": sum(ops.get(op, 0) for op in INT_GEMMS),
                 "qdq": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
                 "cosine": None if par is None else par.cosine,
-                "cos_float": _cosine(out, reference),
+                "cos_float": cosine(torch.from_numpy(out), torch.from_numpy(reference)),
             }
         )
     base = rows[0]["ms"]

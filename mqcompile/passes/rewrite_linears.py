@@ -42,7 +42,12 @@ def quantized_weight(
     """Codes as stored (packed uint8 for int4, int8 for int8), fp32 scales ``[N, G]``, and the group size used."""
     group = group_for(group_size, w.shape[1])
     codes, scale = quantize_weight_ref(w.detach(), bits, group, gamma)
-    return (pack_int4(codes) if bits == 4 else codes), scale, group
+    return stored_codes(codes, bits), scale, group
+
+
+def stored_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int8 weight codes ``[N, K]`` in the ops' storage format: packed uint8 for 4 bits, as they are for 8."""
+    return pack_int4(codes) if bits == 4 else codes
 
 
 def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, name: str, value: torch.Tensor):
@@ -102,8 +107,8 @@ def _rewrite_one(
     weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
     gamma = extra.get("gamma")
     if "weight_codes" in extra:  # GPTQ's codes on the grid it was given
-        c, scale = extra["weight_codes"], extra["weight_scale"]
-        codes, group = (pack_int4(c) if scheme.weight_bits == 4 else c), ctx.config.group_for(weight.shape[1])
+        codes, scale = stored_codes(extra["weight_codes"], scheme.weight_bits), extra["weight_scale"]
+        group = ctx.config.group_for(weight.shape[1])
     else:
         codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
     ids = ids_nodes.get(info.get("modality_ids"))
