@@ -114,6 +114,9 @@ class QuantConfig:
         mdqfo_act_clips: let MDQFO clip activations (``alpha`` < 1). ``False`` keeps ``alpha = 1`` and optimizes only
             the weight clips and DABC masks: measured better on decoders (Whisper, Qwen), worse on DINOv2
             (``docs/method.md``), since the clip is chosen for each linear in isolation.
+        mdqfo_block_steps: block-wise MDQFO (0 = off): after the per-linear stage, this many straight-through steps
+            refine the clips of all linears of each block (transformer layer) together against the block's float
+            output, fed by the already quantized blocks before it (``mqcompile.passes.mdqfo_block``).
         dabc_max_channels: most channels DABC may shift per linear and modality (None: K / 32).
         rotate: rotate each activation-quantized linear's input by a block-diagonal randomized Hadamard matrix
             folded into its weight (QuaRot-style; an extra to any method but ``smoothquant``).
@@ -145,6 +148,7 @@ class QuantConfig:
     mdqfo_ste_steps: int = 10
     mdqfo_time_budget_s: float | None = None
     mdqfo_act_clips: bool = True
+    mdqfo_block_steps: int = 0
     dabc_max_channels: int | None = None
     rotate: bool = False
     rotate_max_block: int = 256
@@ -166,6 +170,8 @@ class QuantConfig:
             raise ConfigError(f"weight_rounding must be 'rtn' or 'gptq', got {self.weight_rounding!r}")
         if not 0.0 < self.gptq_damp <= 1.0:
             raise ConfigError(f"gptq_damp must be in (0, 1], got {self.gptq_damp}")
+        if self.mdqfo_block_steps < 0:
+            raise ConfigError(f"mdqfo_block_steps must be >= 0, got {self.mdqfo_block_steps}")
         if self.reservoir_tokens < 1:
             raise ConfigError(f"reservoir_tokens must be >= 1, got {self.reservoir_tokens}")
         if self.version != 1:

@@ -19,6 +19,7 @@ from .passes import (
     gptq,
     insert_modality_ids,
     mdqfo,
+    mdqfo_block,
     rewrite_linears,
     rotate,
     select_schemes,
@@ -43,6 +44,7 @@ PIPELINE: tuple[tuple[str, PassFn], ...] = (
     ("smooth_quant", smooth_quant.run),
     ("dabc_plan", dabc_plan.run),
     ("mdqfo", mdqfo.run),
+    ("mdqfo_block", mdqfo_block.run),
     ("gptq", gptq.run),
     ("rewrite_linears", rewrite_linears.run),
 )

@@ -8,6 +8,7 @@ from . import (
     gptq,
     insert_modality_ids,
     mdqfo,
+    mdqfo_block,
     rewrite_linears,
     rotate,
     select_schemes,
@@ -29,6 +30,7 @@ __all__ = [
     "smooth_quant",
     "dabc_plan",
     "mdqfo",
+    "mdqfo_block",
     "gptq",
     "rewrite_linears",
 ]

@@ -28,7 +28,7 @@ from ..kernels import pack_int4
 from ..kernels.reference import quantize_weight_ref
 from .base import PassContext, PassResult
 
-__all__ = ["run", "quantized_weight", "table_value"]
+__all__ = ["run", "quantized_weight", "table_value", "act_tables"]
 
 
 def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
@@ -71,7 +71,7 @@ def _rows(values: dict, routed: bool, default):
     return [table_value(values, m) for m in MODALITIES]
 
 
-def _act_tables(extra: dict, routed: bool, weight: torch.Tensor):
+def act_tables(extra: dict, routed: bool, weight: torch.Tensor):
     """(clip [M], shift [M, K] or None, compensation [M, N] or None) from MDQFO/DABC results."""
     k = weight.shape[1]
     clip = torch.tensor(_rows(extra.get("act_clip", {}), routed, 1.0), dtype=torch.float32)
@@ -129,7 +129,7 @@ def _rewrite_one(
             )
             op = "wlinear"
         else:
-            clip, shift, comp = _act_tables(extra, ids is not None, weight)
+            clip, shift, comp = act_tables(extra, ids is not None, weight)
             ac = _add_buffer(gm, owner, owner_path, "mq_act_clip", clip)
             sh = None if shift is None else _add_buffer(gm, owner, owner_path, "mq_shift", shift)
             qa_args = (x, ac, ids, scheme.act_bits, sh)

@@ -1,0 +1,202 @@
+"""mdqfo_block: refine MDQFO's clips jointly over each block (transformer layer) against the block's float output.
+
+Needs: ``mdqfo`` (its clips and shifts are the starting point; ``rotate``/``smooth_quant`` results are honoured).
+Runs when ``config.mdqfo_block_steps > 0`` and the method optimizes clips (``mdqfo_clips``, ``morphoquant``).
+The program is cut into segments (:mod:`mqcompile.blocks`) that run in order on every calibration batch twice: in
+float (the targets) and quantized (every quantized linear replaced by :func:`mqcompile.solvers.block.fake_linear`
+with its current parameters). In each block with activation-quantized linears, ``mdqfo_block_steps`` Adam steps
+(straight-through rounding, one calibration batch per step in seeded order) move every linear's weight clip
+``gamma`` and activation clip rows together to lower :func:`mqcompile.solvers.block.output_loss` between the block's
+quantized outputs, computed from the quantized blocks before it as deployment will feed it, and its float outputs.
+The new clips are kept only when that loss over all batches drops; DABC shifts stay as MDQFO left them.
+Guarantees: ``ctx.tensors[name]["gamma"]`` and ``["act_clip"]`` updated; counts ``blocks`` (tuned), ``improved``,
+``losses`` (block key -> [start, after]).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+from tqdm.auto import tqdm
+
+from .. import meta
+from ..blocks import Segment, run_segment, segments
+from ..config import MODALITIES, SCHEMES
+from ..graph_utils import placeholder_targets
+from ..interpret import flat_inputs
+from ..solvers.block import QuantLinear, fake_linear, output_loss
+from .base import PassContext, PassResult
+from .find_linears import linear_nodes
+from .rewrite_linears import act_tables
+
+__all__ = ["run", "CLIP_METHODS"]
+
+log = logging.getLogger(__name__)
+
+CLIP_METHODS = frozenset({"mdqfo_clips", "morphoquant"})
+LR = 5e-3  # per-linear MDQFO's STE step size: clips live in [0.3, 1], a few hundredths per step is a fine move
+CLIP_RANGE = (0.3, 1.0)
+
+
+def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node, QuantLinear], set[fx.Node]]:
+    """Each quantized linear's stand-in (as ``rewrite_linears`` will build it), and the routed ones."""
+    targets = placeholder_targets(ep)
+    quant, routed = {}, set()
+    for node in linear_nodes(ep.graph):
+        info = meta.get(node)
+        scheme = SCHEMES[info["scheme"]]
+        if scheme.is_float:
+            continue
+        extra = ctx.tensors.get(info["name"], {})
+        weight = extra.get("weight", ep.state_dict[targets[node.args[1].name][1]]).detach().float()
+        alpha = shift = None
+        if scheme.act_bits is not None:
+            alpha, shift, _ = act_tables(extra, bool(info.get("modality_ids")), weight)
+            if info.get("modality_ids"):
+                routed.add(node)
+        gamma = extra.get("gamma")
+        quant[node] = QuantLinear(
+            weight,
+            scheme.weight_bits,
+            scheme.act_bits,
+            ctx.config.group_for(weight.shape[1]),
+            None if gamma is None else gamma.float(),
+            alpha,
+            shift,
+            extra.get("rotation"),
+            None if "act_multiplier" not in extra else extra["act_multiplier"].float(),
+        )
+    return quant, routed
+
+
+class _Blocks:
+    """The two per-batch environments (float, quantized) walked segment by segment, pruned as values die."""
+
+    def __init__(self, ep: ExportedProgram, ctx: PassContext):
+        self.gm = ep.graph_module
+        self.quant, self.routed = _quant_linears(ep, ctx)
+        self.ids = next((n for n in ep.graph.nodes if meta.get(n).get("modality_ids") is True), None)
+        self.keep = frozenset([self.ids]) if self.ids is not None else frozenset()
+        self.segments = segments(ep.graph)
+        self.last_use: dict[fx.Node, float] = {}
+        for i, seg in enumerate(self.segments):
+            for node in seg.inputs:
+                self.last_use[node] = i
+        for node in ep.graph.output_node().all_input_nodes:
+            self.last_use[node] = float("inf")
+        places = [n for n in ep.graph.nodes if n.op == "placeholder"]
+        # detached: gradients must reach the clips only, never the program's own parameters
+        self.float_envs = [
+            {p: v.detach() if isinstance(v, torch.Tensor) else v for p, v in zip(places, flat_inputs(ep, a, k))}
+            for a, k in ctx.calibration
+        ]
+        self.quant_envs = [dict(env) for env in self.float_envs]
+
+    @torch.no_grad()
+    def run_float(self, seg: Segment) -> None:
+        for env in self.float_envs:
+            env.update(run_segment(self.gm, seg, env, keep=self.keep))
+
+    def run_quant(self, seg: Segment, b: int, ste: bool = False) -> dict[fx.Node, object]:
+        env = self.quant_envs[b]
+        rows = env.get(self.ids)
+
+        def stand_in(node, x, weight, bias=None):
+            return fake_linear(x, self.quant[node], bias, rows if node in self.routed else None, ste)
+
+        return run_segment(self.gm, seg, env, stand_in, self.quant.__contains__, self.keep)
+
+    def loss(self, seg: Segment, b: int, outs: dict, beta: float) -> torch.Tensor:
+        target = self.float_envs[b]
+        rows = self.quant_envs[b].get(self.ids)
+        terms = [
+            output_loss(target[n], outs[n], rows, beta)
+            for n in seg.outputs
+            if n is not self.ids and isinstance(outs[n], torch.Tensor) and outs[n].is_floating_point()
+        ]
+        return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    def prune(self, i: int) -> None:
+        for env in (*self.float_envs, *self.quant_envs):
+            for node in [n for n in env if n.op != "placeholder" and n not in self.keep]:
+                if self.last_use.get(node, -1) <= i:
+                    del env[node]
+
+
+def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext, gen: torch.Generator):
+    """Adam on the block's clips; returns (start loss, final loss, quantized outputs per batch at the kept clips)."""
+    cfg = ctx.config
+    nb = len(blocks.quant_envs)
+
+    @torch.no_grad()
+    def evaluate():
+        outs = [blocks.run_quant(seg, b) for b in range(nb)]
+        return float(sum(blocks.loss(seg, b, o, cfg.morph_weight) for b, o in enumerate(outs)) / nb), outs
+
+    start, start_outs = evaluate()
+    saved = {n: (blocks.quant[n].gamma, blocks.quant[n].alpha) for n in tuned}
+    params = []
+    for n in tuned:
+        q = blocks.quant[n]
+        q.gamma = (q.gamma if q.gamma is not None else torch.ones(q.weight.shape[0], 1)).clone().requires_grad_(True)
+        q.alpha = q.alpha.clone().requires_grad_(cfg.mdqfo_act_clips)
+        params += [q.gamma] + ([q.alpha] if cfg.mdqfo_act_clips else [])
+    optim = torch.optim.Adam(params, lr=LR)
+    order = torch.randperm(nb, generator=gen).tolist()
+    for step in range(cfg.mdqfo_block_steps):
+        b = order[step % nb]
+        optim.zero_grad()
+        blocks.loss(seg, b, blocks.run_quant(seg, b, ste=True), cfg.morph_weight).backward()
+        optim.step()
+        with torch.no_grad():
+            for p in params:
+                p.clamp_(*CLIP_RANGE)
+    for n in tuned:
+        q = blocks.quant[n]
+        q.gamma, q.alpha = q.gamma.detach(), q.alpha.detach()
+    after, outs = evaluate()
+    if after >= start:
+        for n, (gamma, alpha) in saved.items():
+            blocks.quant[n].gamma, blocks.quant[n].alpha = gamma, alpha
+        return start, start, start_outs
+    return start, after, outs
+
+
+def _store(ctx: PassContext, node: fx.Node, q: QuantLinear, routed: bool) -> None:
+    extra = ctx.tensors.setdefault(meta.get(node)["name"], {})
+    extra["gamma"] = q.gamma
+    clips = extra.get("act_clip") or {"shared": 1.0}
+    if routed:
+        extra["act_clip"] = {m: float(q.alpha[i]) for i, m in enumerate(MODALITIES)}
+    else:
+        extra["act_clip"] = {key: float(q.alpha[0]) for key in clips}
+
+
+def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
+    counts: dict = {"blocks": 0, "improved": 0, "losses": {}}
+    if not ctx.config.mdqfo_block_steps or ctx.config.method not in CLIP_METHODS or not ctx.calibration:
+        return PassResult(ep, counts)
+    blocks = _Blocks(ep, ctx)
+    gen = torch.Generator().manual_seed(ctx.config.seed)
+    bar = tqdm(blocks.segments, desc="mdqfo-block", unit="segment", disable=not ctx.progress, leave=False)
+    for i, seg in enumerate(bar):
+        blocks.run_float(seg)
+        tuned = [n for n in seg.nodes if n in blocks.quant and blocks.quant[n].a_bits is not None]
+        if seg.key is not None and tuned:
+            start, after, outs = _tune(blocks, seg, tuned, ctx, gen)
+            counts["blocks"] += 1
+            counts["improved"] += after < start
+            counts["losses"][seg.key] = [start, after]
+            for n in tuned:
+                _store(ctx, n, blocks.quant[n], n in blocks.routed)
+            log.debug("block %s: loss %.4g -> %.4g", seg.key, start, after)
+        else:
+            with torch.no_grad():
+                outs = [blocks.run_quant(seg, b) for b in range(len(blocks.quant_envs))]
+        for env, out in zip(blocks.quant_envs, outs):
+            env.update(out)
+        blocks.prune(i)
+    return PassResult(ep, counts)

@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+import mqcompile
+from mqcompile import QuantConfig
+from mqcompile.errors import ConfigError
+from mqcompile.solvers.block import output_loss
+
+
+class Block(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.fc1 = torch.nn.Linear(d, 2 * d)
+        self.fc2 = torch.nn.Linear(2 * d, d)
+
+    def forward(self, h):
+        return h + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(h))))
+
+
+class Stack(torch.nn.Module):
+    """Residual blocks in a module list, like a transformer's layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(16, 32)
+        self.layers = torch.nn.ModuleList([Block(32) for _ in range(3)])
+
+    def forward(self, x):
+        h = self.inp(x)
+        for layer in self.layers:
+            h = layer(h)
+        return h  # the last block's output: the block loss the pass reports is the program's own error
+
+
+def _inputs(seed, tokens=48):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, tokens, 16, generator=g)
+    x[..., 3] = x[..., 3] * 12 + 20  # a long-tailed, offset channel
+    return {"x": x}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    torch.manual_seed(0)
+    model = Stack().eval()
+    with torch.no_grad():
+        model.layers[1].fc1.weight[:, 5] *= 10  # an outlier input column inside a block
+    return model, torch.export.export(model, (), _inputs(0))
+
+
+def _config(**kw):
+    return QuantConfig(**{"method": "morphoquant", "mdqfo_ste_steps": 2, "keep_float": (), **kw})
+
+
+CALIB = [_inputs(s) for s in range(1, 5)]
+
+
+def test_off_by_default_and_for_rtn(stack):
+    _, ep = stack
+    assert QuantConfig().mdqfo_block_steps == 0
+    for config in (_config(), _config(method="rtn", mdqfo_block_steps=5)):
+        qp = mqcompile.quantize(ep, config, calibration=CALIB, progress=False)
+        assert qp.report["mdqfo_block"]["blocks"] == 0
+
+
+def test_block_losses_never_rise_and_clips_move(stack):
+    model, ep = stack
+    base = mqcompile.quantize(ep, _config(), calibration=CALIB, progress=False)
+    qp = mqcompile.quantize(ep, _config(mdqfo_block_steps=12), calibration=CALIB, progress=False)
+    report = qp.report["mdqfo_block"]
+    assert set(report["losses"]) == {"layers.0", "layers.1", "layers.2"} and report["blocks"] == 3
+    for start, after in report["losses"].values():
+        assert after <= start
+    assert report["improved"] >= 1
+    changed = [
+        k
+        for k, v in qp.exported_program.state_dict.items()
+        if k.endswith(("mq_act_clip", "mq_w_scale")) and not torch.equal(v, base.exported_program.state_dict[k])
+    ]
+    assert changed and all(k.startswith("layers.") for k in changed)  # only block linears move
+    for k, v in qp.exported_program.state_dict.items():
+        if k.endswith("mq_act_clip"):
+            assert bool((v >= 0.3).all()) and bool((v <= 1).all())
+
+    # the pass simulates deployment faithfully: its last block's final loss is the program's own output error
+    with torch.no_grad():
+        deployed = sum(float(output_loss(model(**x), qp.module()(**x), beta=0.1)) for x in CALIB) / len(CALIB)
+    assert deployed == pytest.approx(report["losses"]["layers.2"][1], rel=1e-4)
+
+
+def test_deterministic(stack):
+    _, ep = stack
+    a = mqcompile.quantize(ep, _config(mdqfo_block_steps=4), calibration=CALIB, progress=False)
+    b = mqcompile.quantize(ep, _config(mdqfo_block_steps=4), calibration=CALIB, progress=False)
+    for k, v in a.exported_program.state_dict.items():
+        assert torch.equal(v, b.exported_program.state_dict[k]), k
+
+
+def test_program_parameters_get_no_gradients(stack):
+    _, ep = stack
+    mqcompile.quantize(ep, _config(mdqfo_block_steps=3), calibration=CALIB, progress=False)
+    assert all(p.grad is None for p in ep.state_dict.values())
+
+
+def test_routed_fused_blocks_keep_per_modality_tables(thinker_ep, thinker_config, tiny_sample):
+    extra = {"method": "morphoquant", "mdqfo_ste_steps": 1, "mdqfo_block_steps": 3}
+    config = QuantConfig(**{**thinker_config.to_dict(), **extra})
+    qp = mqcompile.quantize(thinker_ep, config, calibration=[tiny_sample], progress=False)
+    report = qp.report["mdqfo_block"]
+    lm = [k for k in report["losses"] if "language_model.layers" in k]
+    assert len(lm) == 2 and all(after <= start for start, after in report["losses"].values())
+    clip = qp.exported_program.state_dict["thinker.model.language_model.layers.0.mlp.up_proj.mq_act_clip"]
+    assert clip.shape == (3,)
+
+
+def test_config_checks_and_round_trips():
+    with pytest.raises(ConfigError, match="mdqfo_block_steps"):
+        QuantConfig(mdqfo_block_steps=-1)
+    assert QuantConfig.from_json(QuantConfig(mdqfo_block_steps=7).to_json()).mdqfo_block_steps == 7
