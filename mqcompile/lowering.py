@@ -2,8 +2,9 @@
 
 On a GPU the program's ``mqcompile::quantize_act`` / ``mqcompile::qlinear`` nodes are swapped for their
 ``triton_op`` twins (:mod:`mqcompile.kernels.triton_ops`), so Inductor sees our Triton kernels and fuses the
-surrounding ops (norms, residual adds, rotations) around them. On CPU the ops stay the exact integer CPU path
-(:func:`mqcompile.kernels.ops.cpu_int_gemm`) and Inductor compiles the rest. No global Inductor config is changed:
+surrounding ops (norms, residual adds, rotations) around them. On CPU, 4-bit per-channel linears move to ATen's
+packed-int4 kernel (:func:`use_cpu_int4pack`, bit-exact), the others keep the exact integer CPU path
+(:func:`mqcompile.kernels.ops.cpu_int_gemm`), and Inductor compiles the rest. No global Inductor config is changed:
 options go through ``torch.compile``'s arguments only.
 
 Example:
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,11 +23,12 @@ import torch
 import torch.fx as fx
 
 from .errors import UnsupportedProgramError
+from .kernels.cpu_int4 import available as cpu_int4_available
 from .kernels.pack import unpack_int4
 from .kernels.triton_kernels import available as triton_available
 from .program import QuantizedProgram
 
-__all__ = ["compile", "use_triton_ops", "detach_to"]
+__all__ = ["compile", "use_triton_ops", "use_cpu_int4pack", "detach_to"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,59 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
                 counts["unpacked"] += 1
     gm.recompile()
     return counts
+
+
+def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
+    """Swap 4-bit per-channel ``mqcompile::qlinear`` nodes for ``qlinear_int4pack`` (ATen's packed-int4 CPU kernel,
+    :mod:`mqcompile.kernels.cpu_int4`), repacking each weight once; in place. Bit-exact: kept where the fp32
+    accumulator could not hold the integer sums exactly (8-bit activation codes with K > 16,384), and for grouped
+    or 8-bit weights."""
+    from .kernels import cpu_int4  # registers the op
+    from .kernels.ops import exact_float_chunk
+
+    counts = {"int4pack": 0, "kept": 0}
+    done: dict[str, tuple[str, str]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.mqcompile.qlinear.default:
+            continue
+        xq, _, w, w_scale, bias, w_bits, group, k, out_dtype, *rest = node.args
+        act = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
+        x_bits = act.args[3] if act is not None and act.target == torch.ops.mqcompile.quantize_act.default else 8
+        if w_bits != 4 or group or k > exact_float_chunk(x_bits, 4) or not _stored(w):
+            counts["kept"] += 1
+            continue
+        if w.target not in done:
+            owner_path, _, name = w.target.rpartition(".")
+            owner = gm.get_submodule(owner_path)
+            packed, scale_zeros = cpu_int4.pack_for_cpu(getattr(owner, name), k)
+            owner.register_buffer(f"{name}_int4pack", packed)
+            owner.register_buffer(f"{name}_int4pack_sz", scale_zeros)
+            prefix = f"{owner_path}.{name}" if owner_path else name
+            done[w.target] = (f"{prefix}_int4pack", f"{prefix}_int4pack_sz")
+        with gm.graph.inserting_before(node):
+            packed_node, sz_node = (gm.graph.get_attr(t) for t in done[w.target])
+            comp, ids = (rest + [None, None])[:2]
+            new = gm.graph.call_function(
+                torch.ops.mqcompile.qlinear_int4pack.default,
+                (xq, node.args[1], packed_node, sz_node, w_scale, bias, k, out_dtype, comp, ids),
+            )
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        counts["int4pack"] += 1
+    for node in list(gm.graph.nodes):  # the old packed weights, unless something else still reads them
+        if node.op == "get_attr" and node.target in done and not node.users:
+            gm.graph.erase_node(node)
+    live = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in set(done) - live:
+        owner_path, _, name = target.rpartition(".")
+        delattr(gm.get_submodule(owner_path), name)
+    gm.recompile()
+    return counts
+
+
+def _stored(w) -> bool:
+    return isinstance(w, fx.Node) and w.op == "get_attr"
 
 
 def _unpack_weight(gm: fx.GraphModule, node: fx.Node, done: dict[str, str]) -> None:
@@ -131,6 +187,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     device: str | torch.device | None = None,
     triton: bool | None = None,
     int8_weights: bool = False,
+    cpu_int4pack: bool = True,
     warmup: Iterable[dict[str, Any]] = (),
     **compile_kwargs: Any,
 ):
@@ -142,6 +199,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         triton: use the Triton kernels (default: when the module is on CUDA and triton is installed).
         int8_weights: with the Triton kernels, keep 4-bit weights one per byte (faster GEMM on Hopper, twice the
             weight memory; see :func:`use_triton_ops`).
+        cpu_int4pack: on CPU, run 4-bit per-channel linears on ATen's packed-int4 kernel (weights repacked once;
+            bit-exact, see :func:`use_cpu_int4pack`); ``False`` keeps the unpack-per-call fp32 GEMM path.
         warmup: keyword inputs run eagerly before compiling, at the token counts you will serve: on CUDA the GEMM
             autotuner (:mod:`mqcompile.kernels.autotune`) times its candidates then, which it cannot do while
             ``torch.compile`` traces with fake tensors (untimed shapes get the heuristic configs).
@@ -157,6 +216,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         log.info("Triton ops: %s", use_triton_ops(module, int8_weights))
     elif int8_weights:
         raise ValueError("int8_weights applies to the Triton kernels: pass device='cuda' (or triton=True)")
+    elif cpu_int4pack and _device(module).type == "cpu" and cpu_int4_available():
+        log.info("CPU int4 kernel: %s", use_cpu_int4pack(module))
     with torch.no_grad():
         for inputs in warmup:
             module(**inputs)

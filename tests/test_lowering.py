@@ -53,3 +53,30 @@ def test_int8_weights_need_the_triton_path(toy):
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
     with pytest.raises(ValueError, match="device='cuda'"):
         mqcompile.compile(qp, int8_weights=True)
+
+
+def test_cpu_int4pack_is_bit_exact_and_replaces_the_weights(toy):
+    from mqcompile.lowering import use_cpu_int4pack
+
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    module = detach_to(qp.module())
+    counts = use_cpu_int4pack(module)
+    assert counts == {"int4pack": 4, "kept": 0}
+    targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
+    assert torch.ops.mqcompile.qlinear.default not in targets
+    assert not any(k.endswith("mq_qweight") for k in module.state_dict())  # the unpacked-path copy is gone
+    for seed in (1, 2, 3):
+        assert torch.equal(module(**toy_inputs(seed)), qp.module()(**toy_inputs(seed)))
+
+
+def test_cpu_int4pack_keeps_grouped_and_8_bit_weights(toy):
+    from mqcompile.lowering import use_cpu_int4pack
+
+    _, _, ep = toy
+    grouped = dataclasses.replace(TOY_CONFIG, weight_group_size=4)
+    for config in (grouped, dataclasses.replace(TOY_CONFIG, default="w8a8")):
+        qp = mqcompile.quantize(ep, config, progress=False)
+        module = detach_to(qp.module())
+        assert use_cpu_int4pack(module) == {"int4pack": 0, "kept": 4}
+        assert torch.equal(module(**toy_inputs(1)), qp.module()(**toy_inputs(1)))

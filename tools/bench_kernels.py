@@ -6,7 +6,8 @@
 Per (shape, M) the time of every column is measured in the same run and reported as speedup over bf16
 ``torch.matmul`` (>1 is faster): ``int_mm`` (``torch._int_mm``, int8), ``scaled_mm`` (``torch._scaled_mm``, fp8 e4m3
 rowwise scales; GPU only), ``ours_gemm`` (``mqcompile::qlinear`` on pre-quantized codes; on CUDA its Triton kernel),
-``ours_full`` (``quantize_act`` + ``qlinear``: what a quantized linear costs), and on CPU ``fp32``. ``ours_tops`` is
+``ours_full`` (``quantize_act`` + ``qlinear``: what a quantized linear costs), and on CPU ``fp32`` and ``i4p_gemm`` /
+``i4p_full`` (ATen's packed-int4 CPU kernel, what ``mqcompile.compile`` deploys on CPU). ``ours_tops`` is
 the GEMM's integer TOPS. Then, unless ``--no-stack``: a 4-layer Qwen2 decoder stack at 7B dims (random weights,
 small vocabulary) through ``mqcompile.compile`` vs the bf16 (CPU: fp32) model through ``torch.compile``, prefill
 (``--prefill`` tokens) and decode (batch 16, one token, no KV cache), and the weight bytes of both.
@@ -169,7 +170,22 @@ def bench_linear(name, k, n, m, device, measure) -> dict:
     )  # fmt: skip
     if device.type == "cuda":
         row.update(_carriers(xq, xs, codes.to(device), ws, k, exact, out_dtype, measure, t_bf16))
+    else:
+        row.update(_cpu_int4pack(xb, xq, xs, wq, ws, clip, k, exact, out_dtype, measure, t_bf16))
     return row
+
+
+def _cpu_int4pack(xb, xq, xs, wq, ws, clip, k, exact, out_dtype, measure, t_bf16) -> dict:
+    """What ``mqcompile.compile`` deploys on CPU: ATen's packed-int4 kernel on weights repacked once."""
+    from mqcompile.kernels.cpu_int4 import pack_for_cpu
+
+    quantize_act = torch.ops.mqcompile.quantize_act
+    op = torch.ops.mqcompile.qlinear_int4pack
+    w4, sz = pack_for_cpu(wq, k)
+    ok = bool(torch.equal(op(xq, xs, w4, sz, ws, None, k, out_dtype), exact.to(out_dtype)))
+    t_gemm = measure(copies(lambda a, b: op(a, xs, b, sz, ws, None, k, out_dtype), xq, w4), 0)
+    t_full = measure(copies(lambda a, b: op(*quantize_act(a, clip, None, 4), b, sz, ws, None, k, out_dtype), xb, w4), 0)
+    return {"i4p_gemm": t_bf16 / t_gemm, "i4p_full": t_bf16 / t_full, "i4p_exact": ok}
 
 
 def _carriers(xq, xs, codes, ws, k, exact, out_dtype, measure, t_bf16) -> dict:
@@ -256,7 +272,7 @@ def _fmt(v) -> str:
 
 def markdown(data: dict) -> str:
     cpu = "CPU mode" in data["device"]
-    cols = ["int_mm", "ours_gemm", "ours_full", "fp32"] if cpu else [
+    cols = ["int_mm", "ours_gemm", "ours_full", "i4p_gemm", "i4p_full", "fp32"] if cpu else [
         "int_mm", "scaled_mm", "ours_gemm", "ours_full", "w8c_gemm", "fp8c_gemm"]  # fmt: skip
     lines = [
         f"# Kernel benchmark ({data['device']})",
@@ -267,13 +283,15 @@ def markdown(data: dict) -> str:
         "weights, no launch gaps), for every column alike. `ours_gemm`: packed int4 weights; `ours_full`: "
         "activation quantization + GEMM from bf16 input; `w8c_gemm` / `fp8c_gemm`: the same GEMM on int4 values "
         "in int8 / e4m3 containers (not packed); `exact`: ours_gemm equals the fp64-accumulated reference bit "
-        "for bit; `fp8 err`: relative error of fp8c_gemm (fp32 accumulation) vs exact.",
+        "for bit; `fp8 err`: relative error of fp8c_gemm (fp32 accumulation) vs exact. CPU: `ours_*` unpack the "
+        "int4 weights per call (the op's eager CPU path); `i4p_*`: ATen's packed-int4 CPU kernel on weights "
+        "repacked once, what `mqcompile.compile` deploys on CPU (`i4p exact`: bit-equal to the reference).",
         "",
         "| shape | K | N | M | bf16 ms | "
         + " | ".join(cols)
         + " | ours TOPS |"
-        + ("" if cpu else " exact | fp8 err |"),
-        "|---" * (len(cols) + 6 + (0 if cpu else 2)) + "|",
+        + (" i4p exact |" if cpu else " exact | fp8 err |"),
+        "|---" * (len(cols) + 6 + (1 if cpu else 2)) + "|",
     ]
     for r in data["linears"]:
         cells = [_fmt(r.get(c)) for c in cols]
@@ -281,7 +299,7 @@ def markdown(data: dict) -> str:
             f"| {r['shape']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_ms']:.3f} | "
             + " | ".join(cells)
             + f" | {r['ours_tops']:.1f} |"
-            + ("" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} |")
+            + (f" {r.get('i4p_exact')} |" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} |")
         )
     if data.get("stack"):
         lines += ["", "Decoder stack (mqcompile.compile vs torch.compile of the float model):", ""]

@@ -49,6 +49,13 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
         "rotate": True,
         "mdqfo_act_clips": False,
     },
+    # MorphoQuant + rotate with block-wise MDQFO: each layer's clips refined against its float output
+    "W4A4-MorphoQuant+Rot+Block": {
+        "default": "w4a4",
+        "method": "morphoquant",
+        "rotate": True,
+        "mdqfo_block_steps": 10,
+    },
     # and GPTQ weight rounding on the same grids (a larger reservoir: GPTQ's Hessian needs more tokens than K / 4)
     "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "rotate": True, "weight_rounding": "gptq", "reservoir_tokens": 1024},
     "W4A4-MorphoQuant+Rot+GPTQ": {
