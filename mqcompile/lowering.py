@@ -2,10 +2,10 @@
 
 On a GPU the program's ``mqcompile::quantize_act`` / ``mqcompile::qlinear`` nodes are swapped for their
 ``triton_op`` twins (:mod:`mqcompile.kernels.triton_ops`), so Inductor sees our Triton kernels and fuses the
-surrounding ops (norms, residual adds, rotations) around them. On CPU, 4-bit per-channel linears move to ATen's
-packed-int4 kernel (:func:`use_cpu_int4pack`, bit-exact), the others keep the exact integer CPU path
-(:func:`mqcompile.kernels.ops.cpu_int_gemm`), and Inductor compiles the rest. No global Inductor config is changed:
-options go through ``torch.compile``'s arguments only.
+surrounding ops (norms, residual adds, rotations) around them. On CPU the ops stay the exact integer CPU path
+(:func:`mqcompile.kernels.ops.cpu_int_gemm`; ``cpu_int4pack=True`` moves 4-bit per-channel linears to ATen's
+packed-int4 kernel instead, :func:`use_cpu_int4pack`, which only pays at M = 1) and Inductor compiles the rest.
+No global Inductor config is changed: options go through ``torch.compile``'s arguments only.
 
 Example:
     >>> fast = mqcompile.compile(qp)            # doctest: +SKIP
@@ -187,7 +187,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     device: str | torch.device | None = None,
     triton: bool | None = None,
     int8_weights: bool = False,
-    cpu_int4pack: bool = True,
+    cpu_int4pack: bool = False,
     warmup: Iterable[dict[str, Any]] = (),
     **compile_kwargs: Any,
 ):
@@ -200,7 +200,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         int8_weights: with the Triton kernels, keep 4-bit weights one per byte (faster GEMM on Hopper, twice the
             weight memory; see :func:`use_triton_ops`).
         cpu_int4pack: on CPU, run 4-bit per-channel linears on ATen's packed-int4 kernel (weights repacked once;
-            bit-exact, see :func:`use_cpu_int4pack`); ``False`` keeps the unpack-per-call fp32 GEMM path.
+            bit-exact, see :func:`use_cpu_int4pack`). Off by default: on the AVX2 EPYC it measured ~3.5x faster than
+            the default path at M = 1 but 3-30x slower from M = 16 on (``docs/bench_cpu/bench_kernels_int4pack.md``).
         warmup: keyword inputs run eagerly before compiling, at the token counts you will serve: on CUDA the GEMM
             autotuner (:mod:`mqcompile.kernels.autotune`) times its candidates then, which it cannot do while
             ``torch.compile`` traces with fake tensors (untimed shapes get the heuristic configs).

@@ -80,3 +80,10 @@ def test_cpu_int4pack_keeps_grouped_and_8_bit_weights(toy):
         module = detach_to(qp.module())
         assert use_cpu_int4pack(module) == {"int4pack": 0, "kept": 4}
         assert torch.equal(module(**toy_inputs(1)), qp.module()(**toy_inputs(1)))
+
+
+def test_compile_with_cpu_int4pack_matches_the_program(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    fast = mqcompile.compile(qp, cpu_int4pack=True)
+    assert torch.equal(fast(**toy_inputs(1)), qp.module()(**toy_inputs(1)))

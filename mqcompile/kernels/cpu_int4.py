@@ -8,6 +8,11 @@ dot products, exact while every partial sum stays below 2**24 (int4 x int4: K < 
 int4: K <= 16,384, checked by the lowering). The per-token and per-channel scales then follow in the reference's
 order, so the result is bit-identical to :func:`mqcompile.kernels.reference.qlinear_ref`.
 
+Measured on the 2-core AVX2 EPYC (``docs/bench_cpu/bench_kernels_int4pack.md``): 3-4x faster than the unpacking
+path at M = 1 (0.10x vs 0.03x of bf16 ``torch.matmul`` on the 7B shapes) but 0.08-0.17x of bf16 from M = 16 on,
+where the unpacking path reaches 0.3-4x: with fp32 activations this kernel is not vectorized well here. So it is an
+opt-in (``mqcompile.compile(qp, cpu_int4pack=True)``) for one-token decoding only.
+
 The kernel needs N a multiple of 16 and its group (32-256) to divide K: weights are zero-padded once at compile
 time (padded K columns meet zero activations, padded N rows are sliced off).
 
