@@ -24,6 +24,7 @@ class ToyTask:
         config = {"modality_token_ids": dict(TOY_CONFIG.modality_token_ids)}
         return {"main": ProgramSpec(ep, [toy_inputs(s) for s in range(1, 4)], self.inputs[0], config)}
 
+    @torch.no_grad()
     def evaluate(self, modules):
         outs = [modules["main"](**x) for x in self.inputs]
         agree = sum(float((o.argmax(-1) == r).float().mean()) for o, r in zip(outs, self.reference)) / len(outs)
