@@ -151,7 +151,10 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
     for step in range(cfg.mdqfo_block_steps):
         b = order[step % nb]
         optim.zero_grad()
-        blocks.loss(seg, b, blocks.run_quant(seg, b, ste=True), cfg.morph_weight).backward()
+        loss = blocks.loss(seg, b, blocks.run_quant(seg, b, ste=True), cfg.morph_weight)
+        if not loss.requires_grad:  # no float output of this block depends on its clips
+            break
+        loss.backward()
         optim.step()
         with torch.no_grad():
             for p in params:
