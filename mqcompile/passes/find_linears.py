@@ -16,13 +16,22 @@ from .. import meta
 from ..graph_utils import placeholder_targets
 from .base import PassContext, PassResult
 
-__all__ = ["run", "linear_nodes"]
+__all__ = ["run", "linear_nodes", "current_weight"]
 
 _KINDS = {InputKind.PARAMETER: "parameter", InputKind.BUFFER: "buffer", InputKind.CONSTANT_TENSOR: "constant"}
 
 
 def linear_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+
+
+def current_weight(ep: ExportedProgram, node: torch.fx.Node, tensors: dict, targets: dict) -> torch.Tensor:
+    """The float weight a later pass works on: an earlier pass's replacement (``tensors[name]["weight"]``, e.g.
+    rotated or smoothed) or else the program's own; ``targets`` from :func:`placeholder_targets`."""
+    extra = tensors.get(meta.get(node)["name"], {})
+    if "weight" in extra:
+        return extra["weight"]
+    return ep.state_dict[targets[node.args[1].name][1]]
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:

@@ -22,7 +22,7 @@ from ..graph_utils import placeholder_targets
 from ..kernels.reference import quantize_weight_ref
 from ..solvers import gptq_codes
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
+from .find_linears import current_weight, linear_nodes
 from .rewrite_linears import table_value
 
 __all__ = ["run", "weight_tokens"]
@@ -60,7 +60,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             log.warning("linear %s: no calibration tokens reached it; its weights keep round-to-nearest", name)
             counts["no_tokens"] += 1
             continue
-        weight = extra.get("weight", ep.state_dict[targets[node.args[1].name][1]]).detach().float()
+        weight = current_weight(ep, node, ctx.tensors, targets).detach().float()
         group = ctx.config.group_for(weight.shape[1])
         _, scale = quantize_weight_ref(weight, bits, group, extra.get("gamma"))
         extra["weight_codes"] = gptq_codes(weight, tokens, scale, bits, damp=ctx.config.gptq_damp)

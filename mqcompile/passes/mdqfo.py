@@ -19,7 +19,7 @@ from ..graph_utils import placeholder_targets
 from ..solvers import MdqfoOptions, optimize_linear
 from .base import PassContext, PassResult
 from .dabc_plan import act_quantized, expected_modalities
-from .find_linears import linear_nodes
+from .find_linears import current_weight, linear_nodes
 
 __all__ = ["run", "options_for"]
 
@@ -49,7 +49,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     for node in tqdm(nodes, desc="mdqfo", unit="linear", disable=not ctx.progress, leave=False):
         info = meta.get(node)
         name = info["name"]
-        weight = ctx.tensors.get(name, {}).get("weight", ep.state_dict[targets[node.args[1].name][1]])
+        weight = current_weight(ep, node, ctx.tensors, targets)
         group = ctx.config.group_for(info["in_features"])
         tokens = ctx.stats[name].token_groups(expected_modalities(node, ctx))
         plans = ctx.plans.get(name)

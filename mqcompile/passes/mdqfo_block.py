@@ -29,7 +29,7 @@ from ..graph_utils import placeholder_targets
 from ..interpret import flat_inputs
 from ..solvers.block import QuantLinear, fake_linear, output_loss
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
+from .find_linears import current_weight, linear_nodes
 from .rewrite_linears import act_tables
 
 __all__ = ["run", "CLIP_METHODS"]
@@ -53,7 +53,7 @@ def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node,
         if scheme.is_float:
             continue
         extra = ctx.tensors.get(info["name"], {})
-        weight = extra.get("weight", ep.state_dict[targets[node.args[1].name][1]]).detach().float()
+        weight = current_weight(ep, node, ctx.tensors, targets).detach().float()
         alpha = shift = None
         if scheme.act_bits is not None:
             alpha, shift, _ = act_tables(extra, bool(info.get("modality_ids")), weight)

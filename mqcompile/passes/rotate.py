@@ -16,7 +16,7 @@ from ..graph_utils import placeholder_targets
 from ..solvers import block_size, rotate_weight, rotation_block
 from .base import PassContext, PassResult
 from .dabc_plan import act_quantized
-from .find_linears import linear_nodes
+from .find_linears import current_weight, linear_nodes
 
 __all__ = ["run"]
 
@@ -36,7 +36,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             continue  # odd K: nothing to rotate over
         q = blocks.setdefault(b, rotation_block(b, ctx.config.seed))
         extra = ctx.tensors.setdefault(info["name"], {})
-        weight = extra.get("weight", ep.state_dict[targets[node.args[1].name][1]])
+        weight = current_weight(ep, node, ctx.tensors, targets)
         extra.update(rotation=q, weight=rotate_weight(weight, q))
         counts["linears"] += 1
         counts["blocks"][b] = counts["blocks"].get(b, 0) + 1
