@@ -59,7 +59,7 @@ def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node,
             alpha, shift, _ = act_tables(extra, bool(info.get("modality_ids")), weight)
             if info.get("modality_ids"):
                 routed.add(node)
-        gamma = extra.get("gamma")
+        gamma = extra.get("gamma")  # None: no MDQFO clip yet (QuantLinear uses 1)
         quant[node] = QuantLinear(
             weight,
             scheme.weight_bits,
@@ -143,7 +143,7 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
     params = []
     for n in tuned:
         q = blocks.quant[n]
-        q.gamma = (q.gamma if q.gamma is not None else torch.ones(q.weight.shape[0], 1)).clone().requires_grad_(True)
+        q.gamma = q.gamma.clone().requires_grad_(True)
         q.alpha = q.alpha.clone().requires_grad_(cfg.mdqfo_act_clips)
         params += [q.gamma] + ([q.alpha] if cfg.mdqfo_act_clips else [])
     optim = torch.optim.Adam(params, lr=LR)

@@ -32,7 +32,7 @@ class QuantLinear:
     w_bits: int
     a_bits: int | None = None  # None: weight-only
     group_size: int = 0
-    gamma: torch.Tensor | None = None  # [N, 1] weight clip
+    gamma: torch.Tensor | None = None  # [N, 1] weight clip (None: 1, no clipping)
     alpha: torch.Tensor | None = None  # [M] activation clip per table row
     shift: torch.Tensor | None = None  # [M, K] DABC shift per table row
     rotation: torch.Tensor | None = None  # [B, B] block applied to the input first
@@ -41,13 +41,13 @@ class QuantLinear:
     def __post_init__(self) -> None:
         # the outlier mass goes through the unquantized W exactly, as the rewrite's compensation table does
         self.comp = None if self.shift is None else self.shift @ self.weight.T
+        if self.gamma is None:
+            self.gamma = torch.ones(self.weight.shape[0], 1)
         self._cached: tuple | None = None
 
     def dequantized_weight(self, ste: bool = False) -> torch.Tensor:
         """``Q_w(W; gamma)`` dequantized; kept between calls while ``gamma`` is a fixed (no-grad) tensor, since
         evaluating a block on many batches would otherwise quantize every weight once per batch."""
-        if self.gamma is None:
-            self.gamma = torch.ones(self.weight.shape[0], 1)
         gamma = self.gamma
         if gamma.requires_grad:
             return fake_quant_weight(self.weight, gamma, self.w_bits, self.group_size, ste=ste)
