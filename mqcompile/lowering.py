@@ -85,13 +85,11 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
             counts["kept"] += 1
             continue
         if w.target not in done:
-            owner_path, _, name = w.target.rpartition(".")
-            owner = gm.get_submodule(owner_path)
-            packed, scale_zeros = cpu_int4.pack_for_cpu(getattr(owner, name), k)
-            owner.register_buffer(f"{name}_int4pack", packed)
-            owner.register_buffer(f"{name}_int4pack_sz", scale_zeros)
-            prefix = f"{owner_path}.{name}" if owner_path else name
-            done[w.target] = (f"{prefix}_int4pack", f"{prefix}_int4pack_sz")
+            packed, scale_zeros = cpu_int4.pack_for_cpu(gm.get_buffer(w.target), k)
+            done[w.target] = (
+                _buffer_beside(gm, w.target, "_int4pack", packed),
+                _buffer_beside(gm, w.target, "_int4pack_sz", scale_zeros),
+            )
         with gm.graph.inserting_before(node):
             packed_node, sz_node = (gm.graph.get_attr(t) for t in done[w.target])
             comp, ids = (rest + [None, None])[:2]
@@ -118,16 +116,19 @@ def _stored(w) -> bool:
     return isinstance(w, fx.Node) and w.op == "get_attr"
 
 
+def _buffer_beside(gm: fx.GraphModule, target: str, suffix: str, value: torch.Tensor) -> str:
+    """Register ``value`` next to the buffer ``target`` (same owner module), named ``<name><suffix>``."""
+    owner_path, _, name = target.rpartition(".")
+    gm.get_submodule(owner_path).register_buffer(f"{name}{suffix}", value)
+    return f"{target}{suffix}"
+
+
 def _unpack_weight(gm: fx.GraphModule, node: fx.Node, done: dict[str, str]) -> None:
     w = node.args[2]
-    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+    if not _stored(w):
         raise UnsupportedProgramError(f"{node.name}: its weight is not a stored tensor, so it cannot be unpacked")
     if w.target not in done:  # a weight shared by several linears is unpacked once
-        owner_path, _, name = w.target.rpartition(".")
-        owner = gm.get_submodule(owner_path)
-        codes = unpack_int4(getattr(owner, name), node.args[7])
-        owner.register_buffer(f"{name}_int8", codes)
-        done[w.target] = f"{owner_path}.{name}_int8" if owner_path else f"{name}_int8"
+        done[w.target] = _buffer_beside(gm, w.target, "_int8", unpack_int4(gm.get_buffer(w.target), node.args[7]))
     with gm.graph.inserting_before(node):
         node.replace_input_with(w, gm.graph.get_attr(done[w.target]))
     node.update_arg(5, 8)
