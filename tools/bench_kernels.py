@@ -7,7 +7,7 @@ Per (shape, M) the time of every column is measured in the same run and reported
 ``torch.matmul`` (>1 is faster): ``int_mm`` (``torch._int_mm``, int8), ``scaled_mm`` (``torch._scaled_mm``, fp8 e4m3
 rowwise scales; GPU only), ``ours_gemm`` (``mqcompile::qlinear`` on pre-quantized codes; on CUDA its Triton kernel),
 ``ours_full`` (``quantize_act`` + ``qlinear``: what a quantized linear costs), and on CPU ``fp32`` and ``i4p_gemm`` /
-``i4p_full`` (ATen's packed-int4 CPU kernel, what ``mqcompile.compile`` deploys on CPU). ``ours_tops`` is
+``i4p_full`` (ATen's packed-int4 CPU kernel, ``mqcompile.compile(..., cpu_int4pack=True)``). ``ours_tops`` is
 the GEMM's integer TOPS. Then, unless ``--no-stack``: a 4-layer Qwen2 decoder stack at 7B dims (random weights,
 small vocabulary) through ``mqcompile.compile`` vs the bf16 (CPU: fp32) model through ``torch.compile``, prefill
 (``--prefill`` tokens) and decode (batch 16, one token, no KV cache), and the weight bytes of both.
@@ -176,7 +176,7 @@ def bench_linear(name, k, n, m, device, measure) -> dict:
 
 
 def _cpu_int4pack(xb, xq, xs, wq, ws, clip, k, exact, out_dtype, measure, t_bf16) -> dict:
-    """What ``mqcompile.compile`` deploys on CPU: ATen's packed-int4 kernel on weights repacked once."""
+    """ATen's packed-int4 kernel on weights repacked once (``mqcompile.compile(..., cpu_int4pack=True)``)."""
     from mqcompile.kernels.cpu_int4 import pack_for_cpu
 
     quantize_act = torch.ops.mqcompile.quantize_act
@@ -285,7 +285,7 @@ def markdown(data: dict) -> str:
         "in int8 / e4m3 containers (not packed); `exact`: ours_gemm equals the fp64-accumulated reference bit "
         "for bit; `fp8 err`: relative error of fp8c_gemm (fp32 accumulation) vs exact. CPU: `ours_*` unpack the "
         "int4 weights per call (the op's eager CPU path); `i4p_*`: ATen's packed-int4 CPU kernel on weights "
-        "repacked once, what `mqcompile.compile` deploys on CPU (`i4p exact`: bit-equal to the reference).",
+        "repacked once, `mqcompile.compile(..., cpu_int4pack=True)` (`i4p exact`: bit-equal to the reference).",
         "",
         "| shape | K | N | M | bf16 ms | "
         + " | ".join(cols)
