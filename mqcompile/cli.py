@@ -10,11 +10,6 @@ import sys
 __all__ = ["main"]
 
 
-# The real-weights part of the demo, in quick mode: the float model and the plain W4A4 baseline (the full method
-# and the other baselines: `mqcompile eval --quick`).
-DEMO_METHODS = ("FP", "W4A4-RTN")
-
-
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_tables, run_demo
     from .errors import CheckpointError
@@ -23,17 +18,22 @@ def _demo(args: argparse.Namespace) -> int:
     sys.stdout.write(format_tables(result) + "\n")
     if args.tiny_only:
         return 0
-    from .evaluation import run_suite, write_results
+    from .demo import format_omni_examples, run_omni_demo
+    from .evaluation import write_results
     from .evaluation.suite import format_results
 
     try:
-        data = run_suite(methods=DEMO_METHODS, quick=True, seed=args.seed, progress=not args.no_progress)
+        data = run_omni_demo(progress=not args.no_progress)
     except (CheckpointError, ModuleNotFoundError) as exc:
-        sys.stdout.write(f"\nreal-weights quick suite skipped: {exc}\n")
+        sys.stdout.write(f"\nreal-weights mini-omni demo skipped: {exc}\n")
         return 0
     path = os.path.join(args.out, "RESULTS_demo.md")
     write_results(data, path)
-    sys.stdout.write("\n" + format_results(data) + f"\nwrote {path}\n")
+    sys.stdout.write("\n" + format_omni_examples(data) + "\n\n" + format_results(data) + f"\nwrote {path}\n")
+    sys.stdout.write(
+        "(quick calibration: 2 mixed batches; the full ablation: mqcompile eval --tasks mini-omni, "
+        "docs/RESULTS_omni.md)\n"
+    )
     return 0
 
 

@@ -26,13 +26,17 @@ class ProgramSpec:
         program: the float ``ExportedProgram`` (``aten.linear`` nodes).
         calibration: kwargs batches for calibrating methods (disjoint from the evaluation data).
         probe: one kwargs batch from the evaluation data, for per-linear output SQNR.
-        config: extra ``QuantConfig`` fields this program needs (``sources``, ``modality_token_ids``).
+        config: extra ``QuantConfig`` fields this program needs (``sources``, ``modality_token_ids``); a method's own
+            fields win (a method may switch routing off by giving ``modality_token_ids={}``).
+        probe_groups: token masks of the probe (name -> bool ``(batch, seq)``): linears whose rows are the probe's
+            tokens also get an SQNR per group (``fused/text``, ``fused/vision``, ...).
     """
 
     program: ExportedProgram
     calibration: list[dict[str, torch.Tensor]]
     probe: dict[str, torch.Tensor]
     config: Mapping[str, Any] = field(default_factory=dict)
+    probe_groups: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

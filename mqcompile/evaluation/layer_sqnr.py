@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch.export import ExportedProgram
 
@@ -16,10 +18,17 @@ __all__ = ["layer_sqnr", "by_modality"]
 
 
 def layer_sqnr(
-    float_ep: ExportedProgram, quant_ep: ExportedProgram, batch: dict, config: QuantConfig | None = None
+    float_ep: ExportedProgram,
+    quant_ep: ExportedProgram,
+    batch: dict,
+    config: QuantConfig | None = None,
+    token_groups: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, tuple[str, float]]:
     """``{linear name: (modality path, SQNR dB)}`` on one batch: each linear's output in the quantized program vs
-    the same linear's output in the float program (errors of earlier layers included, as deployed)."""
+    the same linear's output in the float program (errors of earlier layers included, as deployed).
+
+    ``token_groups`` (name -> bool mask over the batch's tokens): a linear whose output rows have the mask's shape
+    also gets ``{"<name>@<group>": ("<path>/<group>", SQNR of those rows)}`` (a group with no tokens is left out)."""
     ref_ep = copy_program(float_ep)
     ctx = PassContext(config or QuantConfig())
     find_linears.run(ref_ep, ctx)
@@ -30,8 +39,13 @@ def layer_sqnr(
 
     def observe(node, args, out) -> None:
         info = meta.get(node)
-        if info["name"] in ref:
-            result[info["name"]] = (info["modality"], sqnr_db(ref[info["name"]], out))
+        name = info["name"]
+        if name not in ref:
+            return
+        result[name] = (info["modality"], sqnr_db(ref[name], out))
+        for group, mask in (token_groups or {}).items():
+            if tuple(out.shape[:-1]) == tuple(mask.shape) and mask.any():
+                result[f"{name}@{group}"] = (f"{info['modality']}/{group}", sqnr_db(ref[name][mask], out[mask]))
 
     run_observed(quant_ep, (), batch, meta.is_linear_output, observe)
     return result

@@ -42,6 +42,14 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
     # extra rows, reported separately: an online block Hadamard rotation (QuaRot-style) before quantizing
     "W4A4-RTN+Rot": {"default": "w4a4", "rotate": True},
     "W4A4-MorphoQuant+Rot": {"default": "w4a4", "method": "morphoquant", "rotate": True},
+    # the same recipe without modality awareness in fused linears: no per-token routing, one shared parameter set
+    # (and one calibration pool) for the tokens of every modality (the ablation of the omni task)
+    "W4A4-MorphoQuant+Rot-shared": {
+        "default": "w4a4",
+        "method": "morphoquant",
+        "rotate": True,
+        "modality_token_ids": {},
+    },
     # MorphoQuant + rotate without MDQFO's activation clips (alpha = 1): docs/method.md measured them hurting decoders
     "W4A4-MorphoQuant+Rot-noActClip": {
         "default": "w4a4",
@@ -86,12 +94,19 @@ def _vision_task(quick: bool, seed: int) -> Task:
     return VisionTask(quick=quick, seed=seed)
 
 
+def _omni_task(quick: bool, seed: int) -> Task:
+    from .omni import OmniTask
+
+    return OmniTask(quick=quick, seed=seed)
+
+
 TASKS: dict[str, Callable[[bool, int], Task]] = {
     "whisper-base": _speech_task,
     "dinov2-s14": _vision_task,
 }
 if importlib.util.find_spec(f"{__package__}.text_lm") is not None:  # the text LM task lands separately (issue #3)
     TASKS = {"qwen2-0.5b": _text_task, **TASKS}
+TASKS["mini-omni"] = _omni_task
 
 
 @dataclass
@@ -116,10 +131,10 @@ def run_task(
             if overrides is None:
                 modules[name] = spec.program.module()
                 continue
-            config = QuantConfig(**{**dict(overrides), **dict(spec.config)})
+            config = QuantConfig(**{**dict(spec.config), **dict(overrides)})
             qp = quantize(spec.program, config, calibration=spec.calibration, progress=progress)
             modules[name] = qp.module()
-            per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config)
+            per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config, spec.probe_groups)
             sqnr.update({f"{name}/{k}": v for k, v in per_linear.items()})
             for rec in qp.linears():
                 linears[rec.modality] = linears.get(rec.modality, 0) + 1

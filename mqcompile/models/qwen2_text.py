@@ -42,6 +42,8 @@ __all__ = [
     "load_qwen2_text",
     "gguf_path",
     "CausalLMForExport",
+    "decode_embeddings",
+    "decoder_states",
     "export_causal_lm",
 ]
 
@@ -161,24 +163,35 @@ class CausalLMForExport(nn.Module):
             raise CheckpointError(f"{type(model).__name__} is not a Qwen2/Llama-style causal LM")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        base = self.lm.model
-        hidden = base.embed_tokens(input_ids)
-        seg = attention_mask.to(torch.long)
-        seq = input_ids.shape[1]
-        idx = torch.arange(seq, device=input_ids.device)
-        causal = idx[None, :] <= idx[:, None]  # (S_q, S_k)
-        key, query = seg[:, None, :], seg[:, :, None]  # (B, 1, S_k), (B, S_q, 1)
-        context = query - query % SEGMENT_GROUP  # the group context a branch also sees (0: none)
-        allowed = causal[None] & (key > 0) & ((key == 1) | (key == query) | (key == context))  # (B, S_q, S_k)
-        position_ids = (allowed.sum(-1) - 1).clamp(min=0)
-        cos_sin = base.rotary_emb(hidden, position_ids)
-        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        neg = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
-        mask = torch.where(allowed[:, None], zero, neg)  # (B, 1, S_q, S_k) additive
-        for layer in base.layers:
-            out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=position_ids)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return self.lm.lm_head(base.norm(hidden))
+        return decode_embeddings(self.lm, self.lm.model.embed_tokens(input_ids), attention_mask)
+
+
+def decode_embeddings(lm: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits of a Qwen2-style causal LM ``lm`` for input embeddings ``hidden (B, S, width)``, with the segment mask
+    rules of :class:`CausalLMForExport` (which calls this on ``embed_tokens(input_ids)``; the mini-omni model calls it
+    on embeddings with tower outputs merged in, so its text-only prompts give exactly this program's logits)."""
+    return lm.lm_head(decoder_states(lm, hidden, attention_mask))
+
+
+def decoder_states(lm: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The final-normed hidden states behind :func:`decode_embeddings` (training scores only a few positions)."""
+    base = lm.model
+    seg = attention_mask.to(torch.long)
+    seq = hidden.shape[1]
+    idx = torch.arange(seq, device=hidden.device)
+    causal = idx[None, :] <= idx[:, None]  # (S_q, S_k)
+    key, query = seg[:, None, :], seg[:, :, None]  # (B, 1, S_k), (B, S_q, 1)
+    context = query - query % SEGMENT_GROUP  # the group context a branch also sees (0: none)
+    allowed = causal[None] & (key > 0) & ((key == 1) | (key == query) | (key == context))  # (B, S_q, S_k)
+    position_ids = (allowed.sum(-1) - 1).clamp(min=0)
+    cos_sin = base.rotary_emb(hidden, position_ids)
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    neg = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+    mask = torch.where(allowed[:, None], zero, neg)  # (B, 1, S_q, S_k) additive
+    for layer in base.layers:
+        out = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=position_ids)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return base.norm(hidden)
 
 
 def export_causal_lm(

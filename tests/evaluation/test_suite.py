@@ -64,3 +64,24 @@ def test_layer_sqnr_finite_for_quantized_inf_for_float(toy):
     assert per["lm_head"][0] == "fused"
     means = by_modality(per)
     assert set(means) == {"vision", "audio", "fused"}
+
+
+def test_layer_sqnr_per_token_group(toy):
+    import mqcompile
+
+    _, kwargs, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    ids = kwargs["input_ids"]
+    groups = {
+        "vision": ids == 45,
+        "all": torch.ones_like(ids, dtype=torch.bool),
+        "empty": torch.zeros_like(ids, dtype=torch.bool),
+    }
+    per = layer_sqnr(ep, qp.exported_program, kwargs, TOY_CONFIG, groups)
+    # fused linears see one row per token: a value per non-empty group; tower linears (3 or 2 rows) get none
+    fused = {f"{n}@{g}" for n in ("d1", "d2", "lm_head") for g in ("vision", "all")}
+    assert set(per) == {"v", "a", "d1", "d2", "lm_head", *fused}
+    assert per["d1@vision"][0] == "fused/vision" and per["d2@all"][0] == "fused/all"
+    assert per["d1@all"][1] == per["d1"][1]  # every token: the linear's own SQNR
+    assert per["d1@vision"][1] != per["d1"][1]
+    assert set(by_modality(per)) == {"vision", "audio", "fused", "fused/vision", "fused/all"}
