@@ -31,8 +31,8 @@ def _demo(args: argparse.Namespace) -> int:
     write_results(data, path)
     sys.stdout.write("\n" + format_omni_examples(data) + "\n\n" + format_results(data) + f"\nwrote {path}\n")
     sys.stdout.write(
-        "(quick calibration: 2 mixed batches; the full ablation: mqcompile eval --tasks mini-omni, "
-        "docs/RESULTS_omni.md)\n"
+        "(quick calibration: 2 mixed batches, MorphoQuant with 64 tokens per linear and no STE steps; the full "
+        "ablation: mqcompile eval --tasks mini-omni, docs/RESULTS_omni.md)\n"
     )
     return 0
 

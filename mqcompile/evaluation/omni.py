@@ -6,7 +6,9 @@ disjoint from training and calibration):
 
 * ``wer`` (%): greedy transcripts of espeak-ng sentences (audio + the transcribe prompt), scored as the Whisper task
   scores them; greedy decoding is :func:`mqcompile.evaluation.speech.greedy_decode` (exact step-by-step greedy,
-  drafts only decide how many tokens one call confirms).
+  drafts only decide how many tokens one call confirms), at most the reference's tokens + 4 per sentence.
+  ``speech_ppl``: perplexity of the reference transcripts (and ``<|endoftext|>``) given the audio, teacher-forced: a
+  graded measure of the same thing, which still moves when greedy transcripts are all wrong.
 * ``vision_acc`` (%): rendered scenes, three questions each (colour, shape, side), the answer the model ranks first
   among the question's candidates; ``acc_color`` / ``acc_shape`` / ``acc_side`` per question.
 * ``ppl_wiki``: perplexity of text-only prompts on the suite's Wikipedia chunks (even articles, as the text task).
@@ -62,6 +64,7 @@ class OmniTask:
     name = "mini-omni"
     metrics = (
         Metric("wer", higher_is_better=False),
+        Metric("speech_ppl", higher_is_better=False),
         Metric("vision_acc", higher_is_better=True, fmt="{:.1f}"),
         Metric("acc_color", higher_is_better=True, fmt="{:.1f}"),
         Metric("acc_shape", higher_is_better=True, fmt="{:.1f}"),
@@ -243,6 +246,25 @@ class OmniTask:
             del logits
         return math.exp(total / len(chunks))
 
+    def _speech_ppl(self, module: Callable[..., torch.Tensor]) -> float:
+        from ..models.mini_omni import REAL_SPEC
+
+        speech = self.data()["speech"]
+        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        nll, count = 0.0, 0
+        for start in range(0, len(speech["ids"]), _ROWS):
+            picks = range(start, min(start + _ROWS, len(speech["ids"])))
+            prompts = [omni_data.audio_prompt(self.tokenizer, REAL_SPEC, speech["tokens"][i]) for i in picks]
+            rows = [p + speech["ids"][i] + [eot] for p, i in zip(prompts, picks)]
+            audio = (speech["features"][list(picks)], speech["mask"][list(picks)])
+            logits = module(**self._inputs(rows, None, None, audio))
+            for b, (p, row) in enumerate(zip(prompts, rows)):
+                scored = logits[b, len(p) - 1 : len(row) - 1].float()
+                nll += float(torch.nn.functional.cross_entropy(scored, torch.tensor(row[len(p) :]), reduction="sum"))
+                count += len(row) - len(p)
+            del logits
+        return math.exp(nll / count)
+
     def transcribe(self, module: Callable[..., torch.Tensor]) -> list[str]:
         """Greedy transcripts of the evaluation sentences (one row per sentence)."""
         from ..models.mini_omni import REAL_SPEC
@@ -278,11 +300,12 @@ class OmniTask:
             out = self._vision(module)
             vision_s = time.perf_counter() - start
             out["ppl_wiki"] = self._ppl(module)
+            out["speech_ppl"] = self._speech_ppl(module)
             ppl_s = time.perf_counter() - start - vision_s
             texts = self.transcribe(module)
             out["wer"] = word_error_rate(self.data()["speech"]["texts"], texts)
         log.info(
-            "mini-omni: %s (vision %.0f s, text %.0f s, speech %.0f s); transcripts: %s",
+            "mini-omni: %s (vision %.0f s, text + speech ppl %.0f s, transcripts %.0f s); transcripts: %s",
             out,
             vision_s,
             ppl_s,

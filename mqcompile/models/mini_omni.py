@@ -39,6 +39,7 @@ from torch import nn
 from mqcompile.assets import sha256_file
 from mqcompile.errors import CalibrationError, CheckpointError
 
+from .qwen2_5_omni.forward import _scatter
 from .qwen2_text import decode_embeddings
 
 __all__ = [
@@ -65,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = Path(__file__).with_name("mini_omni_projectors.safetensors")
 #: sha256 of the committed projector weights (written by ``tools/train_mini_omni.py``)
-PROJECTOR_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+PROJECTOR_SHA256 = "e933f06f5c4a6e87dfb2f488b96282404d04dfed5718423fec523e40fdf28171"
 TRAIN_COMMAND = "python tools/train_mini_omni.py"
 _IMAGE_MEAN = (0.485, 0.456, 0.406)  # DINOv2's ImageNet normalization
 _IMAGE_STD = (0.229, 0.224, 0.225)
@@ -164,13 +165,16 @@ class MiniOmni(nn.Module):
             part = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
             module.load_state_dict(part)
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(images * image_tokens, width)`` projected, 2x2-merged patch tokens (row-major per image)."""
+    def merged_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens, 2x2-merged: ``(images, image_tokens, 4 * hidden)`` (the frozen part of the tower)."""
         patches = self.visual(pixel_values=pixel_values).last_hidden_state[:, 1:]  # drop CLS
         n, side, m = pixel_values.shape[0], self.spec.image_size // self.spec.patch, self.spec.merge
         grid = patches.reshape(n, side // m, m, side // m, m, patches.shape[-1])
-        merged = grid.permute(0, 1, 3, 2, 4, 5).reshape(n, (side // m) ** 2, m * m * patches.shape[-1])
-        return self.vision_projector(merged).flatten(0, 1)
+        return grid.permute(0, 1, 3, 2, 4, 5).reshape(n, (side // m) ** 2, m * m * patches.shape[-1])
+
+    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(images * image_tokens, width)`` projected, merged patch tokens (row-major per image)."""
+        return self.vision_projector(self.merged_patches(pixel_values)).flatten(0, 1)
 
     def audio_states(self, input_features: torch.Tensor) -> torch.Tensor:
         """Pooled Whisper encoder states ``(clips, audio_frames // 4, d_model)`` (the frozen part of the tower)."""
@@ -204,11 +208,6 @@ class MiniOmni(nn.Module):
             check_inputs(self.spec, input_ids, attention_mask, pixel_values, input_features, feature_attention_mask)
         embeds = self.embed(input_ids, pixel_values, input_features, feature_attention_mask)
         return decode_embeddings(self.lm, embeds, attention_mask)
-
-
-def _scatter(embeds: torch.Tensor, token_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    mask = token_mask.unsqueeze(-1).expand_as(embeds)
-    return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------------
