@@ -84,8 +84,8 @@ def format_tables(result: DemoResult) -> str:
 # The real-weights part: mini-omni (needs the eval extra)
 # --------------------------------------------------------------------------------------------------------------------
 
-#: the demo's slice of the mini-omni task: 3 sentences, 6 scenes, 1 text chunk, 2 calibration batches
-OMNI_DEMO_SIZES = (3, 2, 6, 1, 2)
+#: the demo's slice of the mini-omni task: 2 sentences (1 transcribed), 6 scenes, 1 text chunk, 2 calibration batches
+OMNI_DEMO_SIZES = (2, 1, 2, 6, 1, 2)
 OMNI_DEMO_METHODS = ("FP", "W4A4-RTN", "W4A4-MorphoQuant+Rot")
 #: the demo's quick calibration of MorphoQuant (the suite row uses the defaults: 256 tokens, 10 STE steps)
 OMNI_DEMO_QUICK = {"reservoir_tokens": 64, "mdqfo_ste_steps": 0}
@@ -165,6 +165,7 @@ def run_omni_demo(progress: bool = True) -> dict:
 def format_omni_examples(data: dict) -> str:
     """Held-out examples side by side: reference, then each method's transcript / answers."""
     refs, examples = data["references"], data["examples"]
+    refs = {**refs, "transcripts": refs["transcripts"][: len(next(iter(examples.values()))["transcripts"])]}
     lines = ["mini-omni held-out examples (speech: transcript; scenes: colour / shape / side)"]
     for i, text in enumerate(refs["transcripts"]):
         lines.append(f"\nspeech {i + 1}  reference: {text}")
