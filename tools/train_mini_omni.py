@@ -124,12 +124,11 @@ def ctc_stage(model: MiniOmni, states, valid, targets, steps: int, batch: int, s
 def _row_loss(model: MiniOmni, rows: list[tuple[list[torch.Tensor], list[int], list[int], list[int]]]) -> torch.Tensor:
     """Mean next-token loss over the scored positions of packed rows.
 
-    Each row: (embedding pieces in order, token ids of the row, attention-mask segments, positions scored: position
-    ``p`` predicts token ``p + 1``)."""
+    Each row: (input embeddings, token ids of the row, attention-mask segments, positions scored: position ``p``
+    predicts token ``p + 1``)."""
     width = max(len(r[1]) for r in rows)
     embeds, masks, picks, labels = [], [], [], []
-    for b, (pieces, ids, segments, scored) in enumerate(rows):
-        row = torch.cat(pieces)
+    for b, (row, ids, segments, scored) in enumerate(rows):
         pad = width - row.shape[0]
         embeds.append(F.pad(row, (0, 0, 0, pad)))
         masks.append(torch.tensor(segments + [0] * pad))
@@ -142,33 +141,30 @@ def _row_loss(model: MiniOmni, rows: list[tuple[list[torch.Tensor], list[int], l
     return F.cross_entropy(logits, torch.tensor(labels))
 
 
+def _embed(model: MiniOmni, ids: list[int], placeholder: int, features: torch.Tensor) -> torch.Tensor:
+    """Decoder input embeddings of ``ids`` with the placeholder positions taken by ``features`` (in order)."""
+    table = model.lm.model.embed_tokens.weight
+    ids_t = torch.tensor(ids)
+    slots = (ids_t == placeholder).nonzero()[:, 0]
+    return table[ids_t].index_put((slots,), features)
+
+
 def vision_row(model: MiniOmni, tokenizer, feats: torch.Tensor, facts: dict[str, str]):
     """One scene with its three questions as branches of one row (each sees the image and itself)."""
-    spec = model.spec
-    table = model.lm.model.embed_tokens.weight
+    ids, segments, scored = omni_data.scene_row(tokenizer, model.spec, facts)
     image = model.vision_projector(feats.float()[None])[0]
-    head = [spec.vision_start_id] + [spec.image_token_id] * spec.image_tokens + [spec.vision_end_id]
-    ids, segments = list(head), [1] * len(head)
-    pieces = [table[head[:1]], image, table[head[-1:]]]
-    scored = []
-    for k, (kind, (question, _answers)) in enumerate(omni_data.QUESTIONS.items(), start=1):
-        q = tokenizer(f"Question: {question}\nAnswer:").input_ids + omni_data.answer_ids(tokenizer, [facts[kind]])
-        scored.append(len(ids) + len(q) - 2)
-        ids += q
-        segments += [1 + k] * len(q)  # a private branch: sees the shared image and itself
-        pieces.append(table[q])
-    return pieces, ids, segments, scored
+    return _embed(model, ids, model.spec.image_token_id, image), ids, segments, scored
 
 
 def audio_row(model: MiniOmni, tokenizer, states: torch.Tensor, n_valid: int, target: list[int]):
-    spec = model.spec
-    table = model.lm.model.embed_tokens.weight
+    ids, start = omni_data.speech_row(tokenizer, model.spec, n_valid, target)
     audio = model.audio_projector(states[:n_valid].float()[None])[0]
-    prompt = omni_data.audio_prompt(tokenizer, spec, n_valid)
-    ids = prompt + target + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    pieces = [table[prompt[:1]], audio, table[prompt[n_valid + 1 :]], table[ids[len(prompt) :]]]
-    scored = list(range(len(prompt) - 1, len(ids) - 1))
-    return pieces, ids, [1] * len(ids), scored
+    return (
+        _embed(model, ids, model.spec.audio_token_id, audio),
+        ids,
+        [1] * len(ids),
+        list(range(start - 1, len(ids) - 1)),
+    )
 
 
 def end_to_end(model, tokenizer, make_row, count: int, params, steps: int, batch: int, lr: float, seed: int, name: str):

@@ -149,20 +149,9 @@ class OmniTask:
     # ---- rows ----------------------------------------------------------------------------------------------------
 
     def _scene_row(self, facts: Mapping[str, str] | None) -> tuple[list[int], list[int], list[int]]:
-        """A scene's three questions as branches of one row: ``(ids, segments, answer positions)``; with ``facts``
-        (calibration) the answers follow their questions."""
         from ..models.mini_omni import REAL_SPEC
 
-        head = omni_data.vision_prompt(self.tokenizer, REAL_SPEC, "")[: REAL_SPEC.image_tokens + 2]
-        ids, segments, positions = list(head), [1] * len(head), []
-        for k, (kind, (question, _answers)) in enumerate(omni_data.QUESTIONS.items(), start=1):
-            q = self.tokenizer(f"Question: {question}\nAnswer:").input_ids
-            if facts is not None:
-                q = q + omni_data.answer_ids(self.tokenizer, [facts[kind]])
-            positions.append(len(ids) + len(q) - 1 - (facts is not None))
-            ids += q
-            segments += [1 + k] * len(q)
-        return ids, segments, positions
+        return omni_data.scene_row(self.tokenizer, REAL_SPEC, facts)
 
     def _inputs(self, rows, segments=None, pixels=None, audio=None) -> dict[str, torch.Tensor]:
         from ..models.mini_omni import REAL_SPEC, make_inputs
@@ -178,8 +167,7 @@ class OmniTask:
         from ..models.mini_omni import REAL_SPEC
 
         scene, scene_seg, _ = self._scene_row(facts)
-        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        spoken = omni_data.audio_prompt(self.tokenizer, REAL_SPEC, speech["tokens"][i]) + speech["ids"][i] + [eot]
+        spoken, _ = omni_data.speech_row(self.tokenizer, REAL_SPEC, speech["tokens"][i], speech["ids"][i])
         text = wiki.tolist()
         audio = (speech["features"][i : i + 1], speech["mask"][i : i + 1])
         return self._inputs([scene, spoken, text], [scene_seg, [1] * len(spoken), [1] * len(text)], pixels, audio)
@@ -192,7 +180,8 @@ class OmniTask:
         from ..models.mini_omni import REAL_SPEC, build_mini_omni, export_mini_omni, modality_token_ids
 
         data = self.data()
-        self.model = build_mini_omni()
+        if self.model is None:
+            self.model = build_mini_omni()
         cal, n_cal = data["cal_speech"], len(self.calibration_sentences)
         calibration = [
             self._mixed_batch(cal, b % n_cal, data["cal_pixels"][b : b + 1], data["cal_facts"][b], data["cal_wiki"][b])
@@ -254,18 +243,18 @@ class OmniTask:
         from ..models.mini_omni import REAL_SPEC
 
         speech = self.data()["speech"]
-        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         nll, count = 0.0, 0
         for start in range(0, len(speech["ids"]), _ROWS):
-            picks = range(start, min(start + _ROWS, len(speech["ids"])))
-            prompts = [omni_data.audio_prompt(self.tokenizer, REAL_SPEC, speech["tokens"][i]) for i in picks]
-            rows = [p + speech["ids"][i] + [eot] for p, i in zip(prompts, picks)]
-            audio = (speech["features"][list(picks)], speech["mask"][list(picks)])
-            logits = module(**self._inputs(rows, None, None, audio))
-            for b, (p, row) in enumerate(zip(prompts, rows)):
-                scored = logits[b, len(p) - 1 : len(row) - 1].float()
-                nll += float(torch.nn.functional.cross_entropy(scored, torch.tensor(row[len(p) :]), reduction="sum"))
-                count += len(row) - len(p)
+            picks = list(range(start, min(start + _ROWS, len(speech["ids"]))))
+            rows = [
+                omni_data.speech_row(self.tokenizer, REAL_SPEC, speech["tokens"][i], speech["ids"][i]) for i in picks
+            ]
+            audio = (speech["features"][picks], speech["mask"][picks])
+            logits = module(**self._inputs([r for r, _ in rows], None, None, audio))
+            for b, (row, n) in enumerate(rows):
+                scored = logits[b, n - 1 : len(row) - 1].float()
+                nll += float(torch.nn.functional.cross_entropy(scored, torch.tensor(row[n:]), reduction="sum"))
+                count += len(row) - n
             del logits
         return math.exp(nll / count)
 

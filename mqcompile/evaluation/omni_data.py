@@ -44,6 +44,8 @@ __all__ = [
     "vision_prompt",
     "audio_prompt",
     "answer_ids",
+    "scene_row",
+    "speech_row",
     "TRANSCRIBE",
 ]
 
@@ -172,3 +174,28 @@ def answer_ids(tokenizer, words: Sequence[str]) -> list[int]:
             raise ValueError(f"answer {word!r} is {len(ids)} tokens; every candidate must be one token")
         out.append(ids[0])
     return out
+
+
+def scene_row(tokenizer, spec, facts: dict[str, str] | None) -> tuple[list[int], list[int], list[int]]:
+    """A scene's three questions as branches of one row: ``(ids, attention-mask segments, positions)``.
+
+    The image tokens are shared (segment 1), each question is a private branch (segments 2, 3, 4) that sees the
+    image and itself (``qwen2_text.CausalLMForExport``'s mask rules). Without ``facts`` a position is the last token
+    of a question (its logits rank the answers); with ``facts`` the answers follow their questions (training and
+    calibration) and a position is still the token whose logits predict the answer."""
+    head = vision_prompt(tokenizer, spec, "")[: spec.image_tokens + 2]
+    ids, segments, positions = list(head), [1] * len(head), []
+    for k, (kind, (question, _answers)) in enumerate(QUESTIONS.items(), start=1):
+        q = tokenizer(f"Question: {question}\nAnswer:").input_ids
+        if facts is not None:
+            q = q + answer_ids(tokenizer, [facts[kind]])
+        positions.append(len(ids) + len(q) - 1 - (facts is not None))
+        ids += q
+        segments += [1 + k] * len(q)
+    return ids, segments, positions
+
+
+def speech_row(tokenizer, spec, audio_tokens: int, transcript: list[int]) -> tuple[list[int], int]:
+    """``audio prompt + transcript + <|endoftext|>`` and the prompt's length (the transcript starts there)."""
+    prompt = audio_prompt(tokenizer, spec, audio_tokens)
+    return prompt + list(transcript) + [tokenizer.convert_tokens_to_ids("<|endoftext|>")], len(prompt)
