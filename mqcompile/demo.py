@@ -86,9 +86,8 @@ def format_tables(result: DemoResult) -> str:
 
 #: the demo's slice of the mini-omni task: 2 sentences (1 transcribed), 6 scenes, 1 text chunk, 2 calibration batches
 OMNI_DEMO_SIZES = (2, 1, 2, 6, 1, 2)
-OMNI_DEMO_METHODS = ("FP", "W4A4-RTN", "W4A4-MorphoQuant+Rot")
-#: the demo's quick calibration of MorphoQuant (the suite row uses the defaults: 256 tokens, 10 STE steps)
-OMNI_DEMO_QUICK = {"reservoir_tokens": 64, "mdqfo_ste_steps": 0}
+#: MorphoQuant + rotate with the quick calibration (64 tokens per linear, no STE steps; the suite's ``-fast`` row)
+OMNI_DEMO_METHODS = ("FP", "W4A4-RTN", "W4A4-MorphoQuant+Rot-fast")
 
 
 def _source_hash() -> str:
@@ -118,8 +117,6 @@ def run_omni_demo(progress: bool = True) -> dict:
     for method in steps:
         steps.set_postfix_str(method)
         overrides = METHODS[method]
-        if overrides is not None and overrides.get("method") == "morphoquant":
-            overrides = {**overrides, **OMNI_DEMO_QUICK}
         t0 = time.perf_counter()
         if overrides is None:
             task.data()
@@ -151,7 +148,7 @@ def run_omni_demo(progress: bool = True) -> dict:
     return {
         "quick": True,
         "seed": 0,
-        "command": f"mqcompile demo (mini-omni slice; quick calibration: 2 batches, MorphoQuant {OMNI_DEMO_QUICK})",
+        "command": "mqcompile demo (mini-omni slice; quick calibration: 2 batches, MorphoQuant+Rot-fast)",
         "tasks": [task.name],
         "results": {task.name: {"setup_s": 0.0, "methods": {m: asdict(r) for m, r in results.items()}}},
         "metrics": {task.name: [asdict(m) for m in task.metrics]},

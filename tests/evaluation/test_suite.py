@@ -85,3 +85,18 @@ def test_layer_sqnr_per_token_group(toy):
     assert per["d1@all"][1] == per["d1"][1]  # every token: the linear's own SQNR
     assert per["d1@vision"][1] != per["d1"][1]
     assert set(by_modality(per)) == {"vision", "audio", "fused", "fused/vision", "fused/all"}
+
+
+def test_run_suite_reports_after_every_method(monkeypatch):
+    from mqcompile.evaluation import suite
+
+    monkeypatch.setitem(suite.TASKS, "toy", lambda quick, seed: ToyTask())
+    seen = []
+    data = suite.run_suite(
+        ["toy"], ["FP", "W4A4-RTN"], progress=False, on_task=lambda d: seen.append(json.loads(json.dumps(d)))
+    )
+    entries = [s["results"]["toy"] for s in seen]
+    assert [list(e["methods"]) for e in entries] == [["FP"], ["FP", "W4A4-RTN"], ["FP", "W4A4-RTN"]]
+    assert [e.get("pending") for e in entries] == [["W4A4-RTN"], [], None]
+    assert "Partial: still running or not run: toy: W4A4-RTN" in format_results(seen[0])
+    assert "Partial" not in format_results(data)
