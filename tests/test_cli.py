@@ -49,3 +49,32 @@ def test_export_onnx_subcommand_offers_every_variant():
 def test_export_onnx_subcommand_names_a_missing_program(tmp_path, capsys):
     assert main(["export-onnx", str(tmp_path / "nope.pt2"), str(tmp_path / "x.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_prints_the_mini_omni_examples_and_table(tmp_path, capsys, monkeypatch):
+    from dataclasses import asdict
+
+    import mqcompile.demo as demo
+    from mqcompile.evaluation.omni import OmniTask
+    from mqcompile.evaluation.suite import MethodResult, machine
+
+    facts = [{"color": "red", "shape": "circle", "side": "left"}] * 3
+    methods = {m: MethodResult({"wer": 50.0, "vision_acc": 60.0}, 1.0, 2.0) for m in demo.OMNI_DEMO_METHODS}
+    fake = {
+        "quick": True,
+        "seed": 0,
+        "command": "mqcompile demo",
+        "tasks": ["mini-omni"],
+        "results": {"mini-omni": {"setup_s": 0.0, "methods": {m: asdict(r) for m, r in methods.items()}}},
+        "metrics": {"mini-omni": [asdict(m) for m in OmniTask.metrics]},
+        "total_s": 3.0,
+        "machine": machine(),
+        "examples": {m: {"transcripts": [f"said by {m}"], "answers": facts} for m in demo.OMNI_DEMO_METHODS},
+        "references": {"transcripts": ["the reference", "not transcribed"], "facts": facts * 2},
+    }
+    monkeypatch.setattr(demo, "run_omni_demo", lambda progress: fake)
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "speech 1  reference: the reference" in out and "not transcribed" not in out
+    assert "said by W4A4-MorphoQuant+Rot-fast" in out and "scene 3  truth: red / circle / left" in out
+    assert "| W4A4-RTN | 50.00 | – | 60.0 |" in out and (tmp_path / "RESULTS_demo.json").is_file()
