@@ -106,7 +106,7 @@ def run_omni_demo(progress: bool = True) -> dict:
     """
     from .assets import cache_dir
     from .evaluation.omni import OmniTask
-    from .evaluation.suite import METHODS, MethodResult, machine
+    from .evaluation.suite import METHODS, MethodResult, machine, method_config
     from .models.mini_omni import PROJECTOR_SHA256
 
     start = time.perf_counter()
@@ -134,8 +134,9 @@ def run_omni_demo(progress: bool = True) -> dict:
             else:
                 if spec is None:
                     spec = task.programs()["omni"]
-                config = QuantConfig(**{**dict(spec.config), **dict(overrides)})
-                qp = quantize(spec.program, config, calibration=spec.calibration, progress=progress)
+                qp = quantize(
+                    spec.program, method_config(spec, overrides), calibration=spec.calibration, progress=progress
+                )
                 qp.save(path)
             module = qp.module()
         quantize_s = time.perf_counter() - t0

@@ -24,7 +24,16 @@ from ..config import QuantConfig
 from .base import Task
 from .layer_sqnr import by_modality, layer_sqnr
 
-__all__ = ["METHODS", "TASKS", "MethodResult", "run_task", "run_suite", "write_results", "format_results"]
+__all__ = [
+    "METHODS",
+    "TASKS",
+    "MethodResult",
+    "method_config",
+    "run_task",
+    "run_suite",
+    "write_results",
+    "format_results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,12 @@ class MethodResult:
     linears: dict[str, int] = field(default_factory=dict)  # per modality path
 
 
+def method_config(spec: Any, overrides: Mapping[str, Any]) -> QuantConfig:
+    """The config a method quantizes a task's program with: the task's fields, then the method's (which win, so a
+    method may switch routing off with ``modality_token_ids={}``)."""
+    return QuantConfig(**{**dict(spec.config), **dict(overrides)})
+
+
 def run_task(
     task: Task,
     methods: Sequence[str],
@@ -153,7 +168,7 @@ def run_task(
             if overrides is None:
                 modules[name] = spec.program.module()
                 continue
-            config = QuantConfig(**{**dict(spec.config), **dict(overrides)})
+            config = method_config(spec, overrides)
             qp = quantize(spec.program, config, calibration=spec.calibration, progress=progress)
             modules[name] = qp.module()
             per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config, spec.probe_groups)
