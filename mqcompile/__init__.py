@@ -8,8 +8,12 @@ Example:
     ['w4a4']
 """
 
-from . import kernels  # noqa: F401  (registers the mqcompile:: ops)
+from . import (
+    kernels,  # noqa: F401  (registers the mqcompile:: ops)
+    recipes,
+)
 from .api import quantize
+from .backends.inductor import compile  # noqa: A004  (mqcompile.compile, like torch.compile)
 from .config import MODALITIES, PATHS, SCHEMES, QuantConfig
 from .errors import (
     CalibrationError,
@@ -17,10 +21,10 @@ from .errors import (
     ConfigError,
     MQCompileError,
     NonFiniteError,
+    PassError,
     ProgramFileError,
     UnsupportedProgramError,
 )
-from .lowering import compile  # noqa: A004  (mqcompile.compile, like torch.compile)
 from .program import QuantizedProgram
 
 __version__ = "0.1.0"
@@ -33,7 +37,7 @@ def export_onnx(qp, path, example_inputs=None, opset: int = 21, variant: str = "
     Example:
         >>> report = mqcompile.export_onnx(qp, "model.onnx", variant="w4a16")  # doctest: +SKIP
     """
-    from .onnx_export import export_onnx as _export
+    from .backends.onnx.export import export_onnx as _export
 
     return _export(qp, path, example_inputs=example_inputs, opset=opset, variant=variant, check=check)
 
@@ -43,6 +47,7 @@ __all__ = [
     "compile",
     "export_onnx",
     "QuantConfig",
+    "recipes",
     "QuantizedProgram",
     "MODALITIES",
     "PATHS",
@@ -54,4 +59,5 @@ __all__ = [
     "NonFiniteError",
     "CheckpointError",
     "ProgramFileError",
+    "PassError",
 ]

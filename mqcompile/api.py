@@ -11,7 +11,7 @@ from torch.export import ExportedProgram
 
 from .config import QuantConfig
 from .errors import CalibrationError, NonFiniteError, UnsupportedProgramError
-from .graph_utils import copy_program, user_input_nodes
+from .graph.export import copy_program, user_input_nodes
 from .passes import PassContext
 from .pipeline import run_pipeline
 from .program import QuantizedProgram
@@ -110,7 +110,7 @@ def quantize(
     if calibration is not None:
         batches = [check_inputs(ep, b, where=f"calibration batch {i}") for i, b in enumerate(calibration)]
         if not config.needs_calibration:
-            log.info("%d calibration batches validated (method %r does not use them)", len(batches), config.method)
+            log.info("%d calibration batches validated (recipe %s does not use them)", len(batches), config.recipe)
     if example_inputs is not None:
         example_inputs = check_inputs(ep, example_inputs, where="example_inputs")
     ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches, progress=progress)

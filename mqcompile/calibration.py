@@ -23,13 +23,14 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
-from . import meta
 from .config import MODALITIES
 from .errors import CalibrationError, NonFiniteError
-from .interpret import run_observed
+from .graph import meta
+from .graph.interpret import flat_inputs, run_observed
+from .graph.linears import token_modality_ids
 from .solvers.rotation import rotate_act
 
-__all__ = ["ChannelStats", "LinearStats", "collect", "token_modality_ids"]
+__all__ = ["ChannelStats", "LinearStats", "collect"]
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,6 @@ class LinearStats:
         return groups
 
 
-def token_modality_ids(input_ids: torch.Tensor, token_ids: Mapping[str, Sequence[int]]) -> torch.Tensor:
-    """Per-token index into MODALITIES, the same rule as the in-graph ``insert_modality_ids`` pass."""
-    ids = torch.zeros_like(input_ids)
-    for modality, values in token_ids.items():
-        for value in values:
-            ids = torch.where(input_ids == value, MODALITIES.index(modality), ids)
-    return ids
-
-
 def _update(stats: ChannelStats | None, x: torch.Tensor, limit: int, gen: torch.Generator) -> ChannelStats:
     if stats is None:
         k = x.shape[-1]
@@ -124,11 +116,13 @@ def collect(
     seed: int = 0,
     progress: bool = True,
     rotations: Mapping[str, torch.Tensor] | None = None,
+    text_input: str | None = "input_ids",
 ) -> dict[str, LinearStats]:
     """Run ``ep`` (already analysed by find_linears/tag_modality) on calibration batches and gather statistics.
 
     ``rotations`` (linear name -> ``[B, B]`` block) makes the statistics describe the rotated input the quantizer
-    will see (the ``rotate`` pass)."""
+    will see (the ``rotate`` pass). ``text_input``: the placeholder whose token ids give each token's modality
+    (:func:`mqcompile.graph.linears.text_source`), by the graph's own rule."""
     rotations = dict(rotations or {})
     if not batches:
         raise CalibrationError(
@@ -138,9 +132,11 @@ def collect(
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, LinearStats] = {}
     token_ids = dict(token_ids or {})
+    places = [n.name for n in ep.graph.nodes if n.op == "placeholder"]
+    text_at = places.index(text_input) if text_input in places else None
 
     for index, (args, kwargs) in enumerate(tqdm(batches, desc="calibrate", unit="batch", disable=not progress)):
-        ids = kwargs.get("input_ids")
+        ids = None if text_at is None else flat_inputs(ep, args, kwargs)[text_at]
         per_token = token_modality_ids(ids, token_ids) if ids is not None and token_ids else None
 
         def observe(node: fx.Node, node_args: tuple, out, index=index, per_token=per_token) -> None:

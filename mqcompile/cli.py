@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument(
         "--variant",
         default="w4a4",
-        choices=["w4a4", "w4a8", "w4a16", "w4a8int"],  # mqcompile.onnx.lower.VARIANTS (onnx is imported lazily)
+        choices=[
+            "w4a4",
+            "w4a8",
+            "w4a16",
+            "w4a8int",
+        ],  # backends.onnx.lower.VARIANTS (lazy import)
         help="w4a16: ORT MatMulNBits; w4a8int: ORT integer GEMMs",
     )
     onx.add_argument("--opset", type=int, default=21)

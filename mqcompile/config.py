@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 
+from . import recipes
 from .errors import ConfigError
 
 __all__ = [
     "MODALITIES",
     "PATHS",
-    "METHODS",
-    "CALIBRATED_METHODS",
-    "DABC_METHODS",
-    "MDQFO_METHODS",
     "Scheme",
     "SCHEMES",
     "QuantConfig",
@@ -59,16 +56,6 @@ SCHEMES: Mapping[str, Scheme] = MappingProxyType(
 )
 
 
-# Methods: how parameters are chosen. "rtn": round to nearest, no calibration; "smoothquant": SmoothQuant
-# (per-channel migration of activation range into the weights, alpha = smooth_alpha) then round to nearest;
-# "dabc": DABC shifts + compensation only; "mdqfo_clips": MDQFO clip optimization without DABC;
-# "morphoquant": DABC + MDQFO (clips and masks), the full method.
-METHODS: tuple[str, ...] = ("rtn", "smoothquant", "dabc", "mdqfo_clips", "morphoquant")
-CALIBRATED_METHODS: frozenset[str] = frozenset(METHODS) - {"rtn"}
-DABC_METHODS: frozenset[str] = frozenset({"dabc", "morphoquant"})
-MDQFO_METHODS: frozenset[str] = frozenset({"dabc", "mdqfo_clips", "morphoquant"})
-
-
 def group_for(group_size: int | None, k: int) -> int:
     """The weight group size used for a linear with ``k`` inputs: 0 (one scale per channel) when none is set or the
     group would cover the whole row."""
@@ -87,9 +74,105 @@ def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(value or {}))
 
 
+# Version 1 configs (before recipes) had flat algorithm fields; their defaults, to tell what a file set on purpose.
+_V1_ALGORITHM_FIELDS: Mapping[str, object] = MappingProxyType(
+    {
+        "method": "rtn",
+        "smooth_alpha": 0.5,
+        "morph_weight": 0.1,
+        "mdqfo_ste_steps": 10,
+        "mdqfo_time_budget_s": None,
+        "mdqfo_act_clips": True,
+        "mdqfo_block_steps": 0,
+        "dabc_max_channels": None,
+        "rotate": False,
+        "rotate_max_block": 256,
+        "weight_rounding": "rtn",
+        "gptq_damp": 0.01,
+    }
+)
+_V1_PRESETS = {
+    "rtn": "RTN",
+    "smoothquant": "SMOOTHQUANT",
+    "dabc": "DABC_ONLY",
+    "mdqfo_clips": "MDQFO_CLIPS",
+    "morphoquant": "MORPHOQUANT",
+}
+# which v1 knobs belong to which method's algorithms (a knob set for an algorithm that did not run was ignored)
+_V1_KNOBS = {
+    "smooth_alpha": {"smoothquant"},
+    "dabc_max_channels": {"dabc", "morphoquant"},
+    "morph_weight": {"mdqfo_clips", "morphoquant"},
+    "mdqfo_ste_steps": {"mdqfo_clips", "morphoquant"},
+    "mdqfo_time_budget_s": {"mdqfo_clips", "morphoquant"},
+    "mdqfo_act_clips": {"mdqfo_clips", "morphoquant"},
+    "mdqfo_block_steps": {"mdqfo_clips", "morphoquant"},
+}
+
+
+def _v1_algorithms(data: Mapping) -> tuple[recipes.Algorithm, ...]:
+    """The recipe a version 1 config meant; ConfigError naming the preset when it set a knob that had no effect."""
+    v = {**_V1_ALGORITHM_FIELDS, **{k: data[k] for k in _V1_ALGORITHM_FIELDS if k in data}}
+    method = v["method"]
+    if method not in _V1_PRESETS:
+        raise ConfigError(f"unknown method {method!r} in a version 1 config; known: {sorted(_V1_PRESETS)}")
+    preset = f"recipes.{_V1_PRESETS[method]}"
+    for knob, methods in _V1_KNOBS.items():
+        if v[knob] != _V1_ALGORITHM_FIELDS[knob] and method not in methods:
+            raise ConfigError(
+                f"this version 1 config sets {knob}={v[knob]!r}, which method {method!r} ignored; it means "
+                f"QuantConfig(algorithms={preset}, ...): drop {knob} from the file, or write the recipe you want"
+            )
+    if not v["rotate"] and v["rotate_max_block"] != 256:
+        raise ConfigError(
+            f"this version 1 config sets rotate_max_block={v['rotate_max_block']} with rotate=False, which ignored "
+            f"it; it means QuantConfig(algorithms={preset}, ...): drop rotate_max_block"
+        )
+    if v["weight_rounding"] == "rtn" and v["gptq_damp"] != 0.01:
+        raise ConfigError(
+            f"this version 1 config sets gptq_damp={v['gptq_damp']} without weight_rounding='gptq', which ignored it; "
+            f"it means QuantConfig(algorithms={preset}, ...): drop gptq_damp"
+        )
+    if v["weight_rounding"] not in ("rtn", "gptq"):
+        raise ConfigError(f"weight_rounding must be 'rtn' or 'gptq', got {v['weight_rounding']!r}")
+    algos: list[recipes.Algorithm] = []
+    if v["rotate"] is True:
+        algos.append(recipes.Rotate(max_block=v["rotate_max_block"]))
+    elif v["rotate"] is not False:
+        raise ConfigError(f"rotate must be true or false, got {v['rotate']!r}")
+    if method == "smoothquant":
+        algos.append(recipes.SmoothQuant(alpha=v["smooth_alpha"]))
+    if method in ("dabc", "morphoquant"):
+        algos.append(recipes.DABC(max_channels=v["dabc_max_channels"]))
+    if method in ("mdqfo_clips", "morphoquant"):
+        algos.append(
+            recipes.MDQFO(
+                morph_weight=v["morph_weight"],
+                ste_steps=v["mdqfo_ste_steps"],
+                time_budget_s=v["mdqfo_time_budget_s"],
+                act_clips=v["mdqfo_act_clips"],
+                masks=method == "morphoquant",
+            )
+        )
+        if v["mdqfo_block_steps"]:
+            algos.append(
+                recipes.BlockMDQFO(
+                    steps=v["mdqfo_block_steps"], morph_weight=v["morph_weight"], act_clips=v["mdqfo_act_clips"]
+                )
+            )
+    if v["weight_rounding"] == "gptq":
+        algos.append(recipes.GPTQ(damp=v["gptq_damp"]))
+    return recipes.normalize(algos)
+
+
+def _check_plain_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"QuantConfig.{name} must be an integer >= {low}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    """What to quantize and how.
+    """What to quantize (targeting) and which algorithms choose the parameters (the recipe).
 
     Resolution order for one linear (first match wins): ``overrides`` (fnmatch pattern on the linear's name ->
     scheme), ``keep_float`` patterns, ``modality`` (modality path -> scheme), ``default``.
@@ -100,31 +183,13 @@ class QuantConfig:
         overrides: ``(pattern, scheme)`` pairs matched against linear names, e.g. ``("*.mlp.down_proj", "w8a8")``.
         keep_float: name patterns that stay float; the output head by default (its error hits every token's logits).
         weight_group_size: quantize weights in groups of this many input channels (``None``: one scale per channel).
-        modality_token_ids: token ids that mark a modality in ``input_ids`` (``{"vision": (151655,), ...}``);
+        modality_token_ids: token ids that mark a modality in the text input (``{"vision": (151655,), ...}``);
             needed for per-token modality routing in fused linears. Model adapters provide them.
         sources: placeholder name -> modality for data-flow tagging; empty means the defaults
             (``input_ids``: text, ``pixel_values``/``pixel_values_videos``: vision, ``input_features``: audio).
-        method: ``rtn`` (round to nearest), or a calibrated one: ``smoothquant``, ``dabc``, ``mdqfo_clips``,
-            ``morphoquant`` (DABC + MDQFO).
-        smooth_alpha: SmoothQuant migration strength in [0, 1].
+        algorithms: the recipe, a tuple of :mod:`mqcompile.recipes` configs (``recipes.MORPHOQUANT``,
+            ``recipes.RTN + (recipes.Rotate(),)``, ...); empty is round to nearest. Stored in pipeline order.
         reservoir_tokens: calibration tokens kept per linear and modality (bounds calibration memory).
-        morph_weight: weight of MDQFO's morphology term.
-        mdqfo_ste_steps: straight-through refinement steps per linear (0 = grid search only).
-        mdqfo_time_budget_s: per-linear time budget of MDQFO (later steps are skipped when spent).
-        mdqfo_act_clips: let MDQFO clip activations (``alpha`` < 1). ``False`` keeps ``alpha = 1`` and optimizes only
-            the weight clips and DABC masks: measured better on decoders (Whisper, Qwen), worse on DINOv2
-            (``docs/method.md``), since the clip is chosen for each linear in isolation.
-        mdqfo_block_steps: block-wise MDQFO (0 = off): after the per-linear stage, this many straight-through steps
-            refine the clips of all linears of each block (transformer layer) together against the block's float
-            output, fed by the already quantized blocks before it (``mqcompile.passes.mdqfo_block``).
-        dabc_max_channels: most channels DABC may shift per linear and modality (None: K / 32).
-        rotate: rotate each activation-quantized linear's input by a block-diagonal randomized Hadamard matrix
-            folded into its weight (QuaRot-style; an extra to any method but ``smoothquant``).
-        rotate_max_block: largest Hadamard block (a power of two; the block is the largest power of two that divides
-            the linear's K, at most this).
-        weight_rounding: ``rtn`` (each weight to its nearest grid point) or ``gptq`` (GPTQ error feedback over the
-            calibration tokens, on the same grid; needs calibration data, whatever the method).
-        gptq_damp: GPTQ's dampening, as a fraction of the mean Hessian diagonal.
         seed: seed of every random choice (reservoir sampling, sub-sampling, rotation signs).
         debug: lint and validate the program after every pass, naming the pass that broke it.
 
@@ -133,7 +198,7 @@ class QuantConfig:
         'w8a8'
     """
 
-    version: int = 1
+    version: int = 2
     default: str = "w4a4"
     modality: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     overrides: tuple[tuple[str, str], ...] = ()
@@ -141,41 +206,22 @@ class QuantConfig:
     weight_group_size: int | None = None
     modality_token_ids: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    method: str = "rtn"
-    smooth_alpha: float = 0.5
+    algorithms: tuple[recipes.Algorithm, ...] = ()
     reservoir_tokens: int = 256
-    morph_weight: float = 0.1
-    mdqfo_ste_steps: int = 10
-    mdqfo_time_budget_s: float | None = None
-    mdqfo_act_clips: bool = True
-    mdqfo_block_steps: int = 0
-    dabc_max_channels: int | None = None
-    rotate: bool = False
-    rotate_max_block: int = 256
-    weight_rounding: str = "rtn"
-    gptq_damp: float = 0.01
     seed: int = 0
     debug: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        if not 0.0 <= self.smooth_alpha <= 1.0:
-            raise ConfigError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
-        if self.rotate and self.method == "smoothquant":
-            raise ConfigError("rotate=True does not combine with method='smoothquant'; use rtn or a MorphoQuant method")
-        if self.rotate_max_block < 2 or self.rotate_max_block & (self.rotate_max_block - 1):
-            raise ConfigError(f"rotate_max_block must be a power of two >= 2, got {self.rotate_max_block}")
-        if self.weight_rounding not in ("rtn", "gptq"):
-            raise ConfigError(f"weight_rounding must be 'rtn' or 'gptq', got {self.weight_rounding!r}")
-        if not 0.0 < self.gptq_damp <= 1.0:
-            raise ConfigError(f"gptq_damp must be in (0, 1], got {self.gptq_damp}")
-        if self.mdqfo_block_steps < 0:
-            raise ConfigError(f"mdqfo_block_steps must be >= 0, got {self.mdqfo_block_steps}")
-        if self.reservoir_tokens < 1:
-            raise ConfigError(f"reservoir_tokens must be >= 1, got {self.reservoir_tokens}")
-        if self.version != 1:
-            raise ConfigError(f"QuantConfig version {self.version} is not supported by this mqcompile (expects 1)")
+        if self.version != 2:
+            raise ConfigError(
+                f"QuantConfig version {self.version} is not supported by this mqcompile (expects 2; version 1 files "
+                "load through QuantConfig.from_json)"
+            )
+        object.__setattr__(self, "algorithms", recipes.normalize(self.algorithms))
+        _check_plain_int("reservoir_tokens", self.reservoir_tokens, 1)
+        _check_plain_int("seed", self.seed, 0)
+        if not isinstance(self.debug, bool):
+            raise ConfigError(f"QuantConfig.debug must be True or False, got {self.debug!r}")
         scheme(self.default)
         for key, value in dict(self.modality).items():
             if key not in PATHS:
@@ -213,15 +259,26 @@ class QuantConfig:
         """:func:`group_for` with this config's ``weight_group_size``."""
         return group_for(self.weight_group_size, k)
 
+    def algorithm(self, kind: type) -> recipes.Algorithm | None:
+        """The recipe's config of algorithm ``kind`` (e.g. ``recipes.MDQFO``), or None when it does not run."""
+        return next((a for a in self.algorithms if type(a) is kind), None)
+
     @property
     def needs_calibration(self) -> bool:
-        return self.method in CALIBRATED_METHODS or self.weight_rounding == "gptq"
+        return any(a.calibrated for a in self.algorithms)
+
+    @property
+    def recipe(self) -> str:
+        """The recipe as a Python expression (``recipes.MORPHOQUANT + (Rotate(max_block=256),)``)."""
+        return recipes.describe(self.algorithms) if self.algorithms else "recipes.RTN"
 
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Mapping):
+            if f.name == "algorithms":
+                value = recipes.to_dicts(value)
+            elif isinstance(value, Mapping):
                 value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
@@ -230,11 +287,19 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> QuantConfig:
+        """From :meth:`to_dict`'s output; a version 1 dict (flat ``method``, ``rotate``, ``mdqfo_*`` ... fields)
+        becomes the recipe it meant, or fails naming the preset when it set a knob its method ignored."""
+        data = dict(data)
+        if data.get("version", 1) == 1:
+            algorithms = _v1_algorithms(data)
+            data = {k: v for k, v in data.items() if k not in _V1_ALGORITHM_FIELDS}
+            data.update(version=2, algorithms=algorithms)
+        elif "algorithms" in data:
+            data["algorithms"] = recipes.from_dicts(data["algorithms"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown QuantConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        data = dict(data)
         if "overrides" in data:
             data["overrides"] = tuple(tuple(x) for x in data["overrides"])
         if "keep_float" in data:

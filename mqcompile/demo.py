@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .api import quantize
-from .calibration import token_modality_ids
 from .config import MODALITIES, QuantConfig
+from .graph.linears import token_modality_ids
 from .metrics import cosine, sqnr_db
 from .program import QuantizedProgram
 

@@ -8,6 +8,7 @@ __all__ = [
     "NonFiniteError",
     "CheckpointError",
     "ProgramFileError",
+    "PassError",
 ]
 
 
@@ -37,3 +38,7 @@ class CheckpointError(MQCompileError, FileNotFoundError):
 
 class ProgramFileError(MQCompileError, ValueError):
     """A file is not a saved QuantizedProgram (or was written by an incompatible version)."""
+
+
+class PassError(MQCompileError, RuntimeError):
+    """A pass failed (the message names it) or ran without a pass it needs."""

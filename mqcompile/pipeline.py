@@ -1,14 +1,26 @@
-"""The pipeline: the one ordered list of passes ``mqcompile.quantize`` runs, read top to bottom."""
+"""The pipeline: the one ordered list of passes ``mqcompile.quantize`` runs, read top to bottom.
+
+Each entry says what it needs (passes that must have run before it) and when it runs (from the recipe); the
+runner checks both, skips an entry whose condition is false (its report is the pass's zero counts, ``EMPTY``),
+re-raises any failure naming the pass, and in debug mode lints and validates the program after every pass
+(executorch's requires -> call -> ensures).
+
+Example:
+    >>> program, report = run_pipeline(ep, ctx, until="calibrate")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
-from .errors import MQCompileError
+from . import recipes
+from .config import QuantConfig
+from .errors import MQCompileError, PassError
 from .passes import (
     PassContext,
     PassResult,
@@ -27,26 +39,41 @@ from .passes import (
     tag_modality,
 )
 
-__all__ = ["PIPELINE", "run_pipeline"]
+__all__ = ["Pass", "PIPELINE", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
-PassFn = Callable[[ExportedProgram, PassContext], PassResult]
 
-PIPELINE: tuple[tuple[str, PassFn], ...] = (
-    ("check_program", check_program.run),
-    ("find_linears", find_linears.run),
-    ("tag_modality", tag_modality.run),
-    ("select_schemes", select_schemes.run),
-    ("insert_modality_ids", insert_modality_ids.run),
-    ("rotate", rotate.run),
-    ("calibrate", calibrate.run),
-    ("smooth_quant", smooth_quant.run),
-    ("dabc_plan", dabc_plan.run),
-    ("mdqfo", mdqfo.run),
-    ("mdqfo_block", mdqfo_block.run),
-    ("gptq", gptq.run),
-    ("rewrite_linears", rewrite_linears.run),
+class Pass(NamedTuple):
+    name: str
+    run: Callable[[ExportedProgram, PassContext], PassResult]
+    needs: tuple[str, ...] = ()
+    when: Callable[[QuantConfig], bool] | None = None  # None: always
+    empty: dict | None = None  # the counts reported when ``when`` is false
+
+
+def _has(kind: type) -> Callable[[QuantConfig], bool]:
+    return lambda config: config.algorithm(kind) is not None
+
+
+def _calibrated(config: QuantConfig) -> bool:
+    return config.needs_calibration
+
+
+PIPELINE: tuple[Pass, ...] = (
+    Pass("check_program", check_program.run),
+    Pass("find_linears", find_linears.run, ("check_program",)),
+    Pass("tag_modality", tag_modality.run, ("find_linears",)),
+    Pass("select_schemes", select_schemes.run, ("tag_modality",)),
+    Pass("insert_modality_ids", insert_modality_ids.run, ("select_schemes",)),
+    Pass("rotate", rotate.run, ("select_schemes",), _has(recipes.Rotate), rotate.EMPTY),
+    Pass("calibrate", calibrate.run, ("tag_modality",), _calibrated, calibrate.EMPTY),
+    Pass("smooth_quant", smooth_quant.run, ("calibrate",), _has(recipes.SmoothQuant), smooth_quant.EMPTY),
+    Pass("dabc_plan", dabc_plan.run, ("calibrate",), _has(recipes.DABC), dabc_plan.EMPTY),
+    Pass("mdqfo", mdqfo.run, ("calibrate",), _has(recipes.MDQFO), mdqfo.EMPTY),
+    Pass("mdqfo_block", mdqfo_block.run, ("mdqfo",), _has(recipes.BlockMDQFO), mdqfo_block.EMPTY),
+    Pass("gptq", gptq.run, ("calibrate",), _has(recipes.GPTQ), gptq.EMPTY),
+    Pass("rewrite_linears", rewrite_linears.run, ("select_schemes",)),
 )
 
 
@@ -55,21 +82,57 @@ def _check(ep: ExportedProgram, name: str) -> None:
         ep.graph.lint()
         ep.validate()
     except Exception as exc:  # any failure here is a bug in that pass; say which
-        raise MQCompileError(f"pass {name!r} left an invalid program: {exc}") from exc
+        raise PassError(f"pass {name!r} left an invalid program: {exc}") from exc
+
+
+def _renamed(exc: Exception, name: str) -> Exception:
+    """The same error with the pass named in front: our own errors keep their type (callers catch them),
+    anything else becomes a PassError chained to it."""
+    message = f"pass {name!r}: {exc}"
+    if isinstance(exc, MQCompileError):
+        try:
+            return type(exc)(message)
+        except TypeError:  # an error class with another constructor
+            pass
+    return PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}")
 
 
 def run_pipeline(
-    ep: ExportedProgram, ctx: PassContext, passes=PIPELINE, progress: bool = True
+    ep: ExportedProgram,
+    ctx: PassContext,
+    passes: tuple[Pass, ...] = PIPELINE,
+    progress: bool = True,
+    until: str | None = None,
 ) -> tuple[ExportedProgram, dict[str, dict]]:
-    """Run ``passes`` in order; returns the final program and each pass's counts."""
+    """Run ``passes`` in order, through ``until`` (a pass name, inclusive) when given; returns the final program
+    and each pass's counts. Raises PassError when a pass runs before one it needs."""
+    names = [p.name for p in passes]
+    if until is not None and until not in names:
+        raise MQCompileError(f"run_pipeline(until={until!r}): no such pass; the passes are {names}")
+    if until is not None:
+        passes = passes[: names.index(until) + 1]
     report: dict[str, dict] = {}
+    ran: set[str] = set()
     bar = tqdm(passes, desc="mqcompile", unit="pass", disable=not progress, leave=False)
-    for name, fn in bar:
-        bar.set_postfix_str(name)
-        result = fn(ep, ctx)
+    for entry in bar:
+        missing = [need for need in entry.needs if need not in report]
+        if missing:
+            raise PassError(f"pass {entry.name!r} needs {missing} to run before it; they are not in this pipeline")
+        if entry.when is not None and not entry.when(ctx.config):
+            report[entry.name] = dict(entry.empty or {})
+            continue
+        skipped = [need for need in entry.needs if need not in ran]
+        if skipped:
+            raise PassError(f"pass {entry.name!r} needs {skipped}, which the recipe skipped ({ctx.config.recipe})")
+        bar.set_postfix_str(entry.name)
+        try:
+            result = entry.run(ep, ctx)
+        except Exception as exc:
+            raise _renamed(exc, entry.name) from exc
         ep = result.program
-        report[name] = result.counts
-        log.info("pass %s: %s", name, result.counts)
+        report[entry.name] = result.counts
+        ran.add(entry.name)
+        log.info("pass %s: %s", entry.name, result.counts)
         if ctx.config.debug:
-            _check(ep, name)
+            _check(ep, entry.name)
     return ep, report

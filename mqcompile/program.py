@@ -17,12 +17,10 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from . import (
-    kernels,  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
-    meta,
-)
+from . import kernels  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
 from .config import QuantConfig
 from .errors import ProgramFileError
+from .graph import meta
 
 __all__ = ["QuantizedProgram", "LinearRecord", "FORMAT_VERSION"]
 

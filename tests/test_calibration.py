@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from mqcompile import NonFiniteError, QuantConfig, meta
-from mqcompile.calibration import collect, token_modality_ids
+from mqcompile import NonFiniteError, QuantConfig
+from mqcompile.calibration import collect
 from mqcompile.errors import CalibrationError
+from mqcompile.graph import meta
+from mqcompile.graph.linears import token_modality_ids
 from mqcompile.passes import PassContext, find_linears, tag_modality
 from tests.conftest import AUDIO_TOKEN, TOY_CONFIG, VISION_TOKEN, toy_inputs
 

@@ -38,7 +38,7 @@ def test_export_onnx_subcommand(toy, tmp_path, capsys):
 
 
 def test_export_onnx_subcommand_offers_every_variant():
-    from mqcompile.onnx.lower import VARIANTS
+    from mqcompile.backends.onnx.lower import VARIANTS
 
     for variant in VARIANTS:  # argparse exits on a choice it does not know
         with pytest.raises(SystemExit) as exit_info:

@@ -35,7 +35,7 @@ def test_frozen():
         ({"weight_group_size": 3}, "even integer"),
         ({"modality_token_ids": {"text": (1,)}}, "'vision' or 'audio'"),
         ({"sources": {"x": "smell"}}, "unknown modality"),
-        ({"version": 2}, "version 2"),
+        ({"version": 3}, "version 3"),
     ],
 )
 def test_bad_values_say_what_to_do(kwargs, match):

@@ -225,7 +225,7 @@ def decoder_model(layers: int, small: bool, dtype: torch.dtype):
 def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
     """Each case is exported at its own static shape and compiled with ``dynamic=False``, for both models alike
     (torch 2.11's export fails to prove a trivially true guard at these dims with a dynamic sequence)."""
-    from mqcompile.lowering import detach_to, use_triton_ops
+    from mqcompile.backends.inductor.deploy import detach_to, use_triton_ops
     from mqcompile.models.qwen2_text import export_causal_lm
 
     model = decoder_model(layers, small, torch.bfloat16 if device.type == "cuda" else torch.float32)

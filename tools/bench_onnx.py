@@ -30,9 +30,9 @@ import onnxruntime as ort
 import torch
 
 import mqcompile
+from mqcompile.backends.onnx.export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 from mqcompile.evaluation.suite import cpu_name
 from mqcompile.metrics import cosine
-from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 
 log = logging.getLogger("bench_onnx")
 VARIANTS = ("w4a4", "w4a8", "w4a16", "w4a8int")

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch.export import ExportedProgram
 
-from .. import meta
 from ..config import QuantConfig
-from ..graph_utils import copy_program
-from ..interpret import run_observed
+from ..graph import meta
+from ..graph.export import copy_program
+from ..graph.interpret import run_observed
 from ..metrics import sqnr_db
 from ..passes import PassContext, find_linears, tag_modality
 

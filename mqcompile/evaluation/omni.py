@@ -175,8 +175,8 @@ class OmniTask:
     # ---- Task protocol -------------------------------------------------------------------------------------------
 
     def programs(self) -> dict[str, ProgramSpec]:
-        from ..calibration import token_modality_ids
         from ..config import MODALITIES
+        from ..graph.linears import token_modality_ids
         from ..models.mini_omni import REAL_SPEC, build_mini_omni, export_mini_omni, modality_token_ids
 
         data = self.data()

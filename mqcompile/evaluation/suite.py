@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .. import recipes
 from ..api import quantize
 from ..config import QuantConfig
 from .base import Task
@@ -37,66 +38,55 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Baselines and methods, all in the same framework on the same calibration data. None = the float program.
+# Baselines and methods, all in the same framework on the same calibration data: QuantConfig fields over the task's
+# (the recipe in ``algorithms``). None = the float program.
+_ROT = (recipes.Rotate(),)
+_FAST = {"reservoir_tokens": 64}  # 64 calibration tokens per linear and modality
+_FAST_MQ = recipes.DABC(), recipes.MDQFO(ste_steps=0)  # grid search only, no STE steps
 METHODS: dict[str, Mapping[str, Any] | None] = {
     "FP": None,
     "W8A8-RTN": {"default": "w8a8"},
     "W4A16-RTN": {"default": "w4a16"},
     "W4A4-RTN": {"default": "w4a4"},
-    "W4A4-SmoothQuant": {"default": "w4a4", "method": "smoothquant", "smooth_alpha": 0.5},
+    "W4A4-SmoothQuant": {"default": "w4a4", "algorithms": recipes.SMOOTHQUANT},
     # ablations of the method: +DABC, +MDQFO (clips only), full MorphoQuant
-    "W4A4-DABC": {"default": "w4a4", "method": "dabc"},
-    "W4A4-MDQFO-clips": {"default": "w4a4", "method": "mdqfo_clips"},
-    "W4A4-MorphoQuant": {"default": "w4a4", "method": "morphoquant"},
+    "W4A4-DABC": {"default": "w4a4", "algorithms": recipes.DABC_ONLY},
+    "W4A4-MDQFO-clips": {"default": "w4a4", "algorithms": recipes.MDQFO_CLIPS},
+    "W4A4-MorphoQuant": {"default": "w4a4", "algorithms": recipes.MORPHOQUANT},
     # extra rows, reported separately: an online block Hadamard rotation (QuaRot-style) before quantizing
-    "W4A4-RTN+Rot": {"default": "w4a4", "rotate": True},
-    "W4A4-MorphoQuant+Rot": {"default": "w4a4", "method": "morphoquant", "rotate": True},
+    "W4A4-RTN+Rot": {"default": "w4a4", "algorithms": _ROT},
+    "W4A4-MorphoQuant+Rot": {"default": "w4a4", "algorithms": recipes.MORPHOQUANT + _ROT},
     # the same recipe without modality awareness in fused linears: no per-token routing, one shared parameter set
     # (and one calibration pool) for the tokens of every modality (the ablation of the omni task)
     "W4A4-MorphoQuant+Rot-shared": {
         "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
+        "algorithms": recipes.MORPHOQUANT + _ROT,
         "modality_token_ids": {},
     },
-    # a faster MorphoQuant + rotate (64 calibration tokens per linear and modality, grid search only, no STE steps):
-    # measured > 24 min for plain MorphoQuant on mini-omni's 280 linears, so the demo and the quick ablation use this
-    "W4A4-MorphoQuant+Rot-fast": {
-        "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
-        "reservoir_tokens": 64,
-        "mdqfo_ste_steps": 0,
-    },
+    # a faster MorphoQuant + rotate: measured > 24 min for plain MorphoQuant on mini-omni's 280 linears, so the demo
+    # and the quick ablation use this
+    "W4A4-MorphoQuant+Rot-fast": {"default": "w4a4", "algorithms": _FAST_MQ + _ROT, **_FAST},
     "W4A4-MorphoQuant+Rot-fast-shared": {
         "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
-        "reservoir_tokens": 64,
-        "mdqfo_ste_steps": 0,
+        "algorithms": _FAST_MQ + _ROT,
+        **_FAST,
         "modality_token_ids": {},
     },
     # MorphoQuant + rotate without MDQFO's activation clips (alpha = 1): docs/method.md measured them hurting decoders
     "W4A4-MorphoQuant+Rot-noActClip": {
         "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
-        "mdqfo_act_clips": False,
+        "algorithms": (recipes.DABC(), recipes.MDQFO(act_clips=False)) + _ROT,
     },
     # MorphoQuant + rotate with block-wise MDQFO: each layer's clips refined against its float output
     "W4A4-MorphoQuant+Rot+Block": {
         "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
-        "mdqfo_block_steps": 10,
+        "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10),),
     },
     # and GPTQ weight rounding on the same grids (a larger reservoir: GPTQ's Hessian needs more tokens than K / 4)
-    "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "rotate": True, "weight_rounding": "gptq", "reservoir_tokens": 1024},
+    "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "algorithms": _ROT + (recipes.GPTQ(),), "reservoir_tokens": 1024},
     "W4A4-MorphoQuant+Rot+GPTQ": {
         "default": "w4a4",
-        "method": "morphoquant",
-        "rotate": True,
-        "weight_rounding": "gptq",
+        "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.GPTQ(),),
         "reservoir_tokens": 1024,
     },
 }

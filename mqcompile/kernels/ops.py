@@ -13,12 +13,75 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 
 from . import reference as ref
 from .pack import unpack_int4_float
 
-__all__ = ["quantize_act", "qlinear", "wlinear", "cpu_int_gemm", "cpu_group_gemm", "exact_float_chunk"]
+__all__ = [
+    "quantize_act",
+    "qlinear",
+    "wlinear",
+    "QuantizeActArgs",
+    "QLinearArgs",
+    "WLinearArgs",
+    "op_args",
+    "arg_position",
+    "cpu_int_gemm",
+    "cpu_group_gemm",
+    "exact_float_chunk",
+]
+
+
+class QuantizeActArgs(NamedTuple):
+    """The arguments of ``mqcompile::quantize_act``, in schema order."""
+
+    x: Any
+    clip: Any
+    modality_ids: Any
+    bits: int
+    shift: Any = None
+
+
+class QLinearArgs(NamedTuple):
+    """The arguments of ``mqcompile::qlinear``, in schema order (the rewrite and every backend use this record)."""
+
+    xq: Any
+    x_scale: Any
+    w: Any
+    w_scale: Any
+    bias: Any
+    w_bits: int
+    group_size: int
+    in_features: int
+    out_dtype: Any
+    comp: Any = None
+    modality_ids: Any = None
+
+
+class WLinearArgs(NamedTuple):
+    """The arguments of ``mqcompile::wlinear``, in schema order."""
+
+    x: Any
+    w: Any
+    w_scale: Any
+    bias: Any
+    w_bits: int
+    group_size: int
+    in_features: int
+
+
+def op_args(record: type, node):
+    """``record`` (one of the ``*Args`` tuples) of an fx node calling that op, from its args and kwargs; the
+    argument layout is written down once, beside the op schemas, and everything reads it through these records."""
+    return record(*node.args, **node.kwargs)
+
+
+def arg_position(record: type, name: str) -> int:
+    """The positional index of argument ``name`` of ``record``'s op (for ``node.update_arg``)."""
+    return record._fields.index(name)
 
 
 @torch.library.custom_op("mqcompile::quantize_act", mutates_args=())

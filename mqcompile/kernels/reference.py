@@ -20,6 +20,7 @@ __all__ = [
     "qrange",
     "quantize_act_ref",
     "quantize_weight_ref",
+    "weight_scale",
     "unpack_weight",
     "int_matmul_ref",
     "qlinear_ref",
@@ -66,23 +67,31 @@ def quantize_act_ref(
     return q, scale
 
 
+def weight_scale(w: torch.Tensor, bits: int, group_size: int = 0, gamma: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight grid, the one definition the solvers (MDQFO, GPTQ, block-wise) and deployment share:
+    ``s = gamma * max|W| / qmax`` per row (or per group of ``group_size`` along K, the last one zero-padded), fp32
+    ``[N, G]``; a zero row or group gets ``s = 1`` (its codes are 0 either way). Differentiable in ``gamma``."""
+    _, qmax = qrange(bits)
+    n, k = w.shape
+    gs = group_size or k
+    groups = -(-k // gs)
+    amax = _group_view(w.detach().float(), gs, groups).abs().amax(dim=-1)
+    if gamma is not None:
+        amax = amax * gamma.float().reshape(n, -1)
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
 def quantize_weight_ref(
     w: torch.Tensor, bits: int, group_size: int = 0, gamma: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel (or per-group along K) weight quantization.
-
-    ``s = gamma * max|W| / qmax`` per row (or per group); returns (int8 codes ``[N, K]``, fp32 scales ``[N, G]``).
-    """
+    """Symmetric per-output-channel (or per-group along K) weight quantization on :func:`weight_scale`'s grid;
+    returns (int8 codes ``[N, K]``, fp32 scales ``[N, G]``)."""
     qmin, qmax = qrange(bits)
     n, k = w.shape
-    w32 = w.float()
     gs = group_size or k
     groups = -(-k // gs)
-    padded = torch.nn.functional.pad(w32, (0, groups * gs - k)).reshape(n, groups, gs)
-    amax = padded.abs().amax(dim=-1)
-    if gamma is not None:
-        amax = amax * gamma.float().reshape(n, -1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = weight_scale(w, bits, group_size, gamma)
+    padded = _group_view(w.float(), gs, groups)
     q = torch.clamp(torch.round(padded / scale[..., None]), qmin, qmax).to(torch.int8)
     return q.reshape(n, groups * gs)[:, :k].contiguous(), scale
 

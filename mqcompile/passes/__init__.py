@@ -16,10 +16,12 @@ from . import (
     tag_modality,
 )
 from .base import PassContext, PassResult
+from .plan import LinearPlan
 
 __all__ = [
     "PassContext",
     "PassResult",
+    "LinearPlan",
     "check_program",
     "find_linears",
     "tag_modality",

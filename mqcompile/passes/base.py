@@ -8,6 +8,7 @@ from typing import Any
 from torch.export import ExportedProgram
 
 from ..config import QuantConfig
+from .plan import LinearPlan
 
 __all__ = ["PassContext", "PassResult"]
 
@@ -20,13 +21,13 @@ class PassContext:
     example_inputs: tuple[tuple, dict] | None = None
     calibration: list[tuple[tuple, dict]] | None = None
     progress: bool = True
-    # filled by passes: calibration statistics by linear name, and per-linear tensors for the rewrite
-    # (``weight``: replacement float weight, ``act_multiplier``: per-channel factor applied before quantization,
-    # ``gamma``: weight clip [N, 1], ``act_clip``/``shift``: modality key -> clip ratio / DABC shift [K],
-    # ``rotation``: [B, B] orthogonal block applied to the input before quantizing)
+    # filled by passes: calibration statistics by linear name, and each linear's plan for the rewrite
     stats: dict[str, Any] | None = None
-    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # linear -> modality -> DabcPlan
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plans: dict[str, LinearPlan] = field(default_factory=dict)
+
+    def plan(self, name: str) -> LinearPlan:
+        """The plan of linear ``name``, created empty on first use."""
+        return self.plans.setdefault(name, LinearPlan())
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""calibrate: collect per-linear, per-modality input statistics when the method needs them.
+"""calibrate: collect per-linear, per-modality input statistics when the recipe needs them.
 
-Needs: ``find_linears``, ``tag_modality``, ``select_schemes``. Guarantees: ``ctx.stats`` maps every linear name to
-:class:`mqcompile.calibration.LinearStats` when ``config.needs_calibration``; otherwise nothing happens. Raises
-CalibrationError when calibration is needed but none was given, NonFiniteError naming the batch for NaN/Inf
-activations.
+Runs when an algorithm of the recipe is calibrated (``config.needs_calibration``). Guarantees: ``ctx.stats`` maps
+every linear name to :class:`mqcompile.calibration.LinearStats`, sampled with ``config.seed`` and observing rotated
+inputs where ``rotate`` planned a rotation. Raises CalibrationError when no calibration was given, NonFiniteError
+naming the batch for NaN/Inf activations.
 """
 
 from __future__ import annotations
@@ -11,20 +11,24 @@ from __future__ import annotations
 from torch.export import ExportedProgram
 
 from ..calibration import collect
+from ..graph.linears import text_source
 from .base import PassContext, PassResult
 
-__all__ = ["run"]
+__all__ = ["run", "EMPTY"]
+
+EMPTY = {"batches": 0, "linears": 0}
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
-    if not ctx.config.needs_calibration:
-        return PassResult(ep, {"batches": 0, "linears": 0})
+    source = text_source(ep, ctx.config.sources)
     ctx.stats = collect(
         ep,
         ctx.calibration or [],
         ctx.config.modality_token_ids,
         reservoir_tokens=ctx.config.reservoir_tokens,
+        seed=ctx.config.seed,
         progress=ctx.progress,
-        rotations={name: t["rotation"] for name, t in ctx.tensors.items() if "rotation" in t},
+        rotations={name: p.rotation for name, p in ctx.plans.items() if p.rotation is not None},
+        text_input=None if source is None else source.name,
     )
     return PassResult(ep, {"batches": len(ctx.calibration), "linears": len(ctx.stats)})

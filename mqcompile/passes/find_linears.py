@@ -8,30 +8,17 @@ Only weights known ahead of time can be quantized offline; ``dynamic`` ones are 
 
 from __future__ import annotations
 
-import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from .. import meta
-from ..graph_utils import placeholder_targets
+from ..graph import meta
+from ..graph.export import placeholder_targets
+from ..graph.linears import linear_nodes
 from .base import PassContext, PassResult
 
-__all__ = ["run", "linear_nodes", "current_weight"]
+__all__ = ["run"]
 
 _KINDS = {InputKind.PARAMETER: "parameter", InputKind.BUFFER: "buffer", InputKind.CONSTANT_TENSOR: "constant"}
-
-
-def linear_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
-    return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
-
-
-def current_weight(ep: ExportedProgram, node: torch.fx.Node, tensors: dict, targets: dict) -> torch.Tensor:
-    """The float weight a later pass works on: an earlier pass's replacement (``tensors[name]["weight"]``, e.g.
-    rotated or smoothed) or else the program's own; ``targets`` from :func:`placeholder_targets`."""
-    extra = tensors.get(meta.get(node)["name"], {})
-    if "weight" in extra:
-        return extra["weight"]
-    return ep.state_dict[targets[node.args[1].name][1]]
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:

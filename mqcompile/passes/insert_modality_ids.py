@@ -1,10 +1,11 @@
 """insert_modality_ids: compute per-token modality ids in the graph for fused linears.
 
-Needs: ``tag_modality`` and ``select_schemes``. Guarantees: when ``QuantConfig.modality_token_ids`` is set and the
-program has an integer text source (``input_ids``), one node computes ``ids[b, t]`` (index into
-``mqcompile.config.MODALITIES``: vision/audio where the token is one of their placeholder ids, text elsewhere) from
-it, and every fused linear with quantized activations whose token dims equal ``input_ids``' dims gets meta
-``modality_ids`` = that node's name. Other fused linears share one set of parameters (warned once with the count).
+Needs: ``select_schemes``. Guarantees: when ``QuantConfig.modality_token_ids`` is set and the program has an
+integer text source (:func:`mqcompile.graph.linears.text_source`), one node computes ``ids[b, t]`` (index into
+``mqcompile.config.MODALITIES``: vision/audio where the token is one of their placeholder ids, text elsewhere, by
+the rule of :func:`mqcompile.graph.linears.modality_id_steps`, which calibration applies too) from it, and every
+fused linear with quantized activations whose token dims equal the text input's dims gets meta ``modality_ids`` =
+that node's name. Other fused linears share one set of parameters (warned once with the count).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .. import meta
-from ..config import MODALITIES, SCHEMES
-from ..graph_utils import call_with_meta, user_input_nodes
+from ..config import SCHEMES
+from ..graph import meta
+from ..graph.export import call_with_meta
+from ..graph.linears import linear_nodes, modality_id_steps, text_source
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
-from .tag_modality import resolve_sources
 
 __all__ = ["run"]
 
@@ -32,15 +32,6 @@ def _same_token_dims(x: torch.Tensor, ids: torch.Tensor) -> bool:
     return len(tokens) == ids.dim() and all(statically_known_true(a == b) for a, b in zip(tokens, ids.shape))
 
 
-def _text_source(ep: ExportedProgram, ctx: PassContext):
-    inputs = user_input_nodes(ep)
-    for name, modality in resolve_sources(ep, ctx.config.sources).items():
-        val = inputs[name].meta.get("val")
-        if modality == "text" and isinstance(val, torch.Tensor) and not val.is_floating_point():
-            return inputs[name]
-    return None
-
-
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     fused = [
         n
@@ -50,7 +41,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts = {"fused_quantized": len(fused), "routed": 0, "shared": 0, "id_nodes": 0}
     if not fused:
         return PassResult(ep, counts)
-    source = _text_source(ep, ctx)
+    source = text_source(ep, ctx.config.sources)
     token_ids = ctx.config.modality_token_ids
     if source is None or not token_ids:
         why = "no modality_token_ids in the config" if source is not None else "no integer text input"
@@ -62,10 +53,9 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     first_op = next(n for n in graph.nodes if n.op != "placeholder")
     with graph.inserting_before(first_op):
         ids = call_with_meta(graph, torch.ops.aten.zeros_like.default, (source,))
-        for modality, values in token_ids.items():
-            for value in values:
-                mask = call_with_meta(graph, torch.ops.aten.eq.Scalar, (source, value))
-                ids = call_with_meta(graph, torch.ops.aten.where.ScalarSelf, (mask, MODALITIES.index(modality), ids))
+        for value, index in modality_id_steps(token_ids):
+            mask = call_with_meta(graph, torch.ops.aten.eq.Scalar, (source, value))
+            ids = call_with_meta(graph, torch.ops.aten.where.ScalarSelf, (mask, index, ids))
     meta.set_fields(ids, modality_ids=True)
     counts["id_nodes"] = 1
     for node in fused:

@@ -1,10 +1,9 @@
 """mdqfo: optimize each activation-quantized linear's quantization function (clips, DABC masks/shifts).
 
-Needs: ``calibrate`` and, for DABC methods, ``dabc_plan``. Runs for methods in ``config.MDQFO_METHODS``:
-``dabc`` keeps the DABC plan as is (no optimization), ``mdqfo_clips`` optimizes clips without DABC,
-``morphoquant`` optimizes clips and masks starting from the DABC plan. Guarantees: ``ctx.tensors[name]`` holds
-``gamma`` [N, 1], ``act_clip`` and ``shift`` (modality key -> value) for every such linear; the per-linear loss
-(RTN, start, after) is in the pass's counts under ``losses``. The solver is
+Needs: ``calibrate`` and, with DABC in the recipe, ``dabc_plan``. Runs when the recipe has
+:class:`mqcompile.recipes.MDQFO`: clips always, DABC's masks too when ``MDQFO.masks`` (starting from the DABC
+plan). Guarantees: ``plan.gamma`` [N, 1], ``plan.act_clip`` and ``plan.shift`` (modality key -> value) for every
+such linear; the per-linear loss (RTN, start, after) is in the pass's counts under ``losses``. The solver is
 :func:`mqcompile.solvers.optimize_linear`; the loss never rises above its starting point.
 """
 
@@ -13,50 +12,51 @@ from __future__ import annotations
 from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
-from .. import meta
-from ..config import MDQFO_METHODS, SCHEMES
-from ..graph_utils import placeholder_targets
+from .. import recipes
+from ..config import SCHEMES
+from ..graph import meta
+from ..graph.export import placeholder_targets
+from ..graph.linears import act_quantized, linear_nodes
 from ..solvers import MdqfoOptions, optimize_linear
 from .base import PassContext, PassResult
-from .dabc_plan import act_quantized, expected_modalities
-from .find_linears import current_weight, linear_nodes
+from .plan import current_weight, expected_modalities
 
-__all__ = ["run", "options_for"]
+__all__ = ["run", "options_for", "EMPTY"]
+
+EMPTY = {"linears": 0, "improved": 0, "losses": {}}
 
 
-def options_for(ctx: PassContext, scheme, group_size: int) -> MdqfoOptions:
-    method = ctx.config.method
+def options_for(cfg: recipes.MDQFO, scheme, group_size: int, seed: int) -> MdqfoOptions:
     return MdqfoOptions(
         w_bits=scheme.weight_bits,
         a_bits=scheme.act_bits,
         group_size=group_size,
-        morph_weight=ctx.config.morph_weight,
-        optimize_clips=method != "dabc",
-        optimize_act_clips=ctx.config.mdqfo_act_clips,
-        optimize_masks=method == "morphoquant",
-        ste_steps=ctx.config.mdqfo_ste_steps,
-        time_budget_s=ctx.config.mdqfo_time_budget_s,
-        seed=ctx.config.seed,
+        morph_weight=cfg.morph_weight,
+        optimize_clips=True,
+        optimize_act_clips=cfg.act_clips,
+        optimize_masks=cfg.masks,
+        ste_steps=cfg.ste_steps,
+        time_budget_s=cfg.time_budget_s,
+        seed=seed,
     )
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts: dict = {"linears": 0, "improved": 0, "losses": {}}
-    if ctx.config.method not in MDQFO_METHODS:
-        return PassResult(ep, counts)
+    cfg = ctx.config.algorithm(recipes.MDQFO)
     targets = placeholder_targets(ep)
     nodes = [n for n in linear_nodes(ep.graph) if act_quantized(n)]
     for node in tqdm(nodes, desc="mdqfo", unit="linear", disable=not ctx.progress, leave=False):
         info = meta.get(node)
         name = info["name"]
-        weight = current_weight(ep, node, ctx.tensors, targets)
+        weight = current_weight(ep, node, ctx.plans, targets)
         group = ctx.config.group_for(info["in_features"])
-        tokens = ctx.stats[name].token_groups(expected_modalities(node, ctx))
-        plans = ctx.plans.get(name)
-        if plans is not None and set(plans) != set(tokens):
-            plans = None
-        res = optimize_linear(weight, tokens, options_for(ctx, SCHEMES[info["scheme"]], group), plans)
-        ctx.tensors.setdefault(name, {}).update(gamma=res.gamma, act_clip=res.alpha, shift=res.shift)
+        tokens = ctx.stats[name].token_groups(expected_modalities(node, ctx.config.modality_token_ids))
+        plan = ctx.plan(name)
+        dabc = plan.dabc if plan.dabc and set(plan.dabc) == set(tokens) else None
+        opts = options_for(cfg, SCHEMES[info["scheme"]], group, ctx.config.seed)
+        res = optimize_linear(weight, tokens, opts, dabc)
+        plan.gamma, plan.act_clip, plan.shift = res.gamma, res.alpha, res.shift
         counts["linears"] += 1
         counts["improved"] += res.loss_after < res.loss_rtn
         counts["losses"][name] = [res.loss_rtn, res.loss_start, res.loss_after]

@@ -1,15 +1,15 @@
 """mdqfo_block: refine MDQFO's clips jointly over each block (transformer layer) against the block's float output.
 
 Needs: ``mdqfo`` (its clips and shifts are the starting point; ``rotate``/``smooth_quant`` results are honoured).
-Runs when ``config.mdqfo_block_steps > 0`` and the method optimizes clips (``mdqfo_clips``, ``morphoquant``).
-The program is cut into segments (:mod:`mqcompile.blocks`) that run in order on every calibration batch twice: in
-float (the targets) and quantized (every quantized linear replaced by :func:`mqcompile.solvers.block.fake_linear`
-with its current parameters). In each block with activation-quantized linears, ``mdqfo_block_steps`` Adam steps
+Runs when the recipe has :class:`mqcompile.recipes.BlockMDQFO` (which needs MDQFO) and calibration batches.
+The program is cut into segments (:mod:`mqcompile.graph.blocks`) that run in order on every calibration batch twice:
+in float (the targets) and quantized (every quantized linear replaced by :func:`mqcompile.solvers.block.fake_linear`
+with its current parameters). In each block with activation-quantized linears, ``BlockMDQFO.steps`` Adam steps
 (straight-through rounding, one calibration batch per step in seeded order) move every linear's weight clip
 ``gamma`` and activation clip rows together to lower :func:`mqcompile.solvers.block.output_loss` between the block's
 quantized outputs, computed from the quantized blocks before it as deployment will feed it, and its float outputs.
 The new clips are kept only when that loss over all batches drops; DABC shifts stay as MDQFO left them.
-Guarantees: ``ctx.tensors[name]["gamma"]`` and ``["act_clip"]`` updated; counts ``blocks`` (tuned), ``improved``,
+Guarantees: ``plan.gamma`` and ``plan.act_clip`` updated; counts ``blocks`` (tuned), ``improved``,
 ``losses`` (block key -> [start, after]).
 """
 
@@ -22,21 +22,22 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
-from .. import meta
-from ..blocks import Segment, run_segment, segments
+from .. import recipes
 from ..config import MODALITIES, SCHEMES
-from ..graph_utils import placeholder_targets
-from ..interpret import flat_inputs
+from ..graph import meta
+from ..graph.blocks import Segment, run_segment, segments
+from ..graph.export import placeholder_targets
+from ..graph.interpret import flat_inputs
+from ..graph.linears import linear_nodes
 from ..solvers.block import QuantLinear, fake_linear, output_loss
 from .base import PassContext, PassResult
-from .find_linears import current_weight, linear_nodes
-from .rewrite_linears import act_tables
+from .plan import LinearPlan, act_tables, current_weight
 
-__all__ = ["run", "CLIP_METHODS"]
+__all__ = ["run", "EMPTY"]
 
 log = logging.getLogger(__name__)
 
-CLIP_METHODS = frozenset({"mdqfo_clips", "morphoquant"})
+EMPTY = {"blocks": 0, "improved": 0, "losses": {}}
 # Adam step on the clips (they live in [0.3, 1]). Measured on Qwen2-0.5B MorphoQuant + rotate, 10 steps: 5e-3 gave
 # ppl 27.28 / 11.49 (wiki / pydoc), 2e-2 26.70 / 10.64, 5e-2 27.31 / 10.75 (per-linear only: 28.22 / 11.34)
 LR = 2e-2
@@ -52,14 +53,14 @@ def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node,
         scheme = SCHEMES[info["scheme"]]
         if scheme.is_float:
             continue
-        extra = ctx.tensors.get(info["name"], {})
-        weight = current_weight(ep, node, ctx.tensors, targets).detach().float()
+        plan = ctx.plans.get(info["name"], LinearPlan())
+        weight = current_weight(ep, node, ctx.plans, targets).detach().float()
         alpha = shift = None
         if scheme.act_bits is not None:
-            alpha, shift, _ = act_tables(extra, bool(info.get("modality_ids")), weight)
+            alpha, shift, _ = act_tables(plan, bool(info.get("modality_ids")), weight)
             if info.get("modality_ids"):
                 routed.add(node)
-        gamma = extra.get("gamma")  # None: no MDQFO clip yet (QuantLinear uses 1)
+        gamma = plan.gamma  # None: no MDQFO clip yet (QuantLinear uses 1)
         quant[node] = QuantLinear(
             weight,
             scheme.weight_bits,
@@ -68,8 +69,8 @@ def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node,
             None if gamma is None else gamma.float(),
             alpha,
             shift,
-            extra.get("rotation"),
-            None if "act_multiplier" not in extra else extra["act_multiplier"].float(),
+            plan.rotation,
+            None if plan.act_multiplier is None else plan.act_multiplier.float(),
         )
     return quant, routed
 
@@ -130,7 +131,7 @@ class _Blocks:
 
 def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext, gen: torch.Generator):
     """Adam on the block's clips; returns (start loss, final loss, quantized outputs per batch at the kept clips)."""
-    cfg = ctx.config
+    cfg = ctx.config.algorithm(recipes.BlockMDQFO)
     nb = len(blocks.quant_envs)
 
     @torch.no_grad()
@@ -144,11 +145,11 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
     for n in tuned:
         q = blocks.quant[n]
         q.gamma = q.gamma.clone().requires_grad_(True)
-        q.alpha = q.alpha.clone().requires_grad_(cfg.mdqfo_act_clips)
-        params += [q.gamma] + ([q.alpha] if cfg.mdqfo_act_clips else [])
+        q.alpha = q.alpha.clone().requires_grad_(cfg.act_clips)
+        params += [q.gamma] + ([q.alpha] if cfg.act_clips else [])
     optim = torch.optim.Adam(params, lr=LR)
     order = torch.randperm(nb, generator=gen).tolist()
-    for step in range(cfg.mdqfo_block_steps):
+    for step in range(cfg.steps):
         b = order[step % nb]
         optim.zero_grad()
         loss = blocks.loss(seg, b, blocks.run_quant(seg, b, ste=True), cfg.morph_weight)
@@ -171,18 +172,18 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
 
 
 def _store(ctx: PassContext, node: fx.Node, q: QuantLinear, routed: bool) -> None:
-    extra = ctx.tensors.setdefault(meta.get(node)["name"], {})
-    extra["gamma"] = q.gamma
-    clips = extra.get("act_clip") or {"shared": 1.0}
+    plan = ctx.plan(meta.get(node)["name"])
+    plan.gamma = q.gamma
+    clips = plan.act_clip or {"shared": 1.0}
     if routed:
-        extra["act_clip"] = {m: float(q.alpha[i]) for i, m in enumerate(MODALITIES)}
+        plan.act_clip = {m: float(q.alpha[i]) for i, m in enumerate(MODALITIES)}
     else:
-        extra["act_clip"] = {key: float(q.alpha[0]) for key in clips}
+        plan.act_clip = {key: float(q.alpha[0]) for key in clips}
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts: dict = {"blocks": 0, "improved": 0, "losses": {}}
-    if not ctx.config.mdqfo_block_steps or ctx.config.method not in CLIP_METHODS or not ctx.calibration:
+    if not ctx.calibration:
         return PassResult(ep, counts)
     blocks = _Blocks(ep, ctx)
     gen = torch.Generator().manual_seed(ctx.config.seed)

@@ -21,14 +21,16 @@ import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
-from .. import meta
-from ..config import MODALITIES, SCHEMES, group_for
-from ..graph_utils import example_inputs_of, reexport
+from ..config import SCHEMES, group_for
+from ..graph import meta
+from ..graph.export import example_inputs_of, reexport
 from ..kernels import pack_int4
+from ..kernels.ops import QLinearArgs, QuantizeActArgs, WLinearArgs
 from ..kernels.reference import quantize_weight_ref
 from .base import PassContext, PassResult
+from .plan import LinearPlan, act_tables
 
-__all__ = ["run", "quantized_weight", "table_value", "act_tables"]
+__all__ = ["run", "quantized_weight", "stored_codes"]
 
 
 def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
@@ -55,34 +57,6 @@ def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, nam
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
 
-def table_value(values: dict, modality: str | None):
-    """The entry of a per-modality parameter dict that tokens of ``modality`` use: their own when routed, else (or
-    when missing) ``shared``, else the first; ``modality=None`` for a linear without routing (one row for all)."""
-    fallback = values.get("shared", next(iter(values.values())))
-    return fallback if modality is None else values.get(modality, fallback)
-
-
-def _rows(values: dict, routed: bool, default):
-    """Per-modality table rows: MODALITIES order when routed, else the single entry (:func:`table_value`)."""
-    if not values:
-        return [default] * (len(MODALITIES) if routed else 1)
-    if not routed:
-        return [table_value(values, None)]
-    return [table_value(values, m) for m in MODALITIES]
-
-
-def act_tables(extra: dict, routed: bool, weight: torch.Tensor):
-    """(clip [M], shift [M, K] or None, compensation [M, N] or None) from MDQFO/DABC results."""
-    k = weight.shape[1]
-    clip = torch.tensor(_rows(extra.get("act_clip", {}), routed, 1.0), dtype=torch.float32)
-    shifts = extra.get("shift", {})
-    if not any(bool(v.any()) for v in shifts.values()):
-        return clip, None, None
-    shift = torch.stack(_rows(shifts, routed, torch.zeros(k))).float()
-    comp = shift @ weight.detach().float().T  # exact outlier mass through the unquantized W, in fp32
-    return clip, shift, comp
-
-
 def _rotated(gm: fx.GraphModule, x: fx.Node, q: torch.Tensor, owner, owner_path: str, cache: dict) -> fx.Node:
     """``x @ blockdiag(q, ...)`` as graph ops, one per (input, block) however many linears read it."""
     b = q.shape[0]
@@ -103,37 +77,36 @@ def _rewrite_one(
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     owner, _ = _owner(gm, w_node.target)
     owner_path = w_node.target.rpartition(".")[0]
-    extra = ctx.tensors.get(info["name"], {})
-    weight = extra.get("weight", operator.attrgetter(w_node.target)(gm))
-    gamma = extra.get("gamma")
-    if "weight_codes" in extra:  # GPTQ's codes on the grid it was given
-        codes, scale = stored_codes(extra["weight_codes"], scheme.weight_bits), extra["weight_scale"]
+    plan = ctx.plans.get(info["name"], LinearPlan())
+    weight = operator.attrgetter(w_node.target)(gm) if plan.weight is None else plan.weight
+    gamma = plan.gamma
+    if plan.weight_codes is not None:  # GPTQ's codes on the grid it was given
+        codes, scale = stored_codes(plan.weight_codes, scheme.weight_bits), plan.weight_scale
         group = ctx.config.group_for(weight.shape[1])
     else:
         codes, scale, group = quantized_weight(weight, scheme.weight_bits, ctx.config.weight_group_size, gamma)
     ids = ids_nodes.get(info.get("modality_ids"))
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
-        if "rotation" in extra:
-            x = _rotated(gm, x, extra["rotation"], owner, owner_path, rotations)
-        if "act_multiplier" in extra:
+        if plan.rotation is not None:
+            x = _rotated(gm, x, plan.rotation, owner, owner_path, rotations)
+        if plan.act_multiplier is not None:
             multiplier = _add_buffer(
-                gm, owner, owner_path, "mq_act_multiplier", extra["act_multiplier"].to(x.meta["val"].dtype)
+                gm, owner, owner_path, "mq_act_multiplier", plan.act_multiplier.to(x.meta["val"].dtype)
             )
             x = gm.graph.call_function(torch.ops.aten.mul.Tensor, (x, multiplier))
         qw = _add_buffer(gm, owner, owner_path, "mq_qweight", codes)
         ws = _add_buffer(gm, owner, owner_path, "mq_w_scale", scale)
         if scheme.act_bits is None:
-            new = gm.graph.call_function(
-                torch.ops.mqcompile.wlinear.default, (x, qw, ws, bias, scheme.weight_bits, group, info["in_features"])
-            )
+            args = WLinearArgs(x, qw, ws, bias, scheme.weight_bits, group, info["in_features"])
+            new = gm.graph.call_function(torch.ops.mqcompile.wlinear.default, tuple(args))
             op = "wlinear"
         else:
-            clip, shift, comp = act_tables(extra, ids is not None, weight)
+            clip, shift, comp = act_tables(plan, ids is not None, weight)
             ac = _add_buffer(gm, owner, owner_path, "mq_act_clip", clip)
             sh = None if shift is None else _add_buffer(gm, owner, owner_path, "mq_shift", shift)
-            qa_args = (x, ac, ids, scheme.act_bits, sh)
-            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, qa_args)
+            qa_args = QuantizeActArgs(x, ac, ids, scheme.act_bits, sh)
+            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, tuple(qa_args))
             xq = gm.graph.call_function(operator.getitem, (qa, 0))
             xs = gm.graph.call_function(operator.getitem, (qa, 1))
             if comp is not None and ids is None and (bias is None or bias.op == "get_attr"):
@@ -142,8 +115,8 @@ def _rewrite_one(
                 bias = _add_buffer(gm, owner, owner_path, "mq_bias", (old.float() + comp[0]).to(old.dtype))
                 comp = None
             cp = None if comp is None else _add_buffer(gm, owner, owner_path, "mq_comp", comp)
-            args = (xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype, cp, ids)
-            new = gm.graph.call_function(torch.ops.mqcompile.qlinear.default, args)
+            args = QLinearArgs(xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype, cp, ids)
+            new = gm.graph.call_function(torch.ops.mqcompile.qlinear.default, tuple(args))
             meta.set_fields(qa, **info, op="quantize_act")
             op = "qlinear"
     meta.set_fields(new, **info, op=op, group_size=group)

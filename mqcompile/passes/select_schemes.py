@@ -10,10 +10,10 @@ import logging
 
 from torch.export import ExportedProgram
 
-from .. import meta
 from ..config import SCHEMES
+from ..graph import meta
+from ..graph.linears import linear_nodes
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
 
 __all__ = ["run"]
 

@@ -1,11 +1,11 @@
 """smooth_quant: SmoothQuant's per-channel migration of activation range into the weights (baseline method).
 
-Needs: ``calibrate`` (``ctx.stats``). Runs only for ``config.method == "smoothquant"``. For every group of
-activation-quantized linears that read the same input ``x``: ``s_k = max|x_k|^a / max_n|W_nk|^(1-a)`` (a =
-``smooth_alpha``); weights become ``W * s`` (``ctx.tensors[name]["weight"]``) and the input ``x / s``. The division
+Needs: ``calibrate`` (``ctx.stats``). Runs when the recipe has :class:`mqcompile.recipes.SmoothQuant`. For every
+group of activation-quantized linears that read the same input ``x``: ``s_k = max|x_k|^a / max_n|W_nk|^(1-a)``
+(a = ``SmoothQuant.alpha``); weights become ``W * s`` (``plan.weight``) and the input ``x / s``. The division
 is folded into the producer when it is a norm whose affine parameters nothing else reads (RMSNorm's trailing
 ``mul`` by its weight, or ``layer_norm``'s weight and bias, replaced in the program's state dict); otherwise
-``ctx.tensors[name]["act_multiplier"] = 1 / s`` and the rewrite multiplies before quantizing.
+``plan.act_multiplier = 1 / s`` and the rewrite multiplies before quantizing.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
-from .. import meta
+from .. import recipes
 from ..config import SCHEMES
-from ..graph_utils import placeholder_targets
+from ..graph import meta
+from ..graph.export import placeholder_targets
+from ..graph.linears import linear_nodes
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
 
-__all__ = ["run", "smoothing_factors"]
+__all__ = ["run", "smoothing_factors", "EMPTY"]
+
+EMPTY = {"groups": 0, "linears": 0, "folded": 0, "explicit": 0}
 
 
 def smoothing_factors(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -56,8 +59,7 @@ def _norm_params(ep: ExportedProgram, x: fx.Node, group: list[fx.Node], targets)
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts = {"groups": 0, "linears": 0, "folded": 0, "explicit": 0}
-    if ctx.config.method != "smoothquant":
-        return PassResult(ep, counts)
+    alpha = ctx.config.algorithm(recipes.SmoothQuant).alpha
     targets = placeholder_targets(ep)
     groups: dict[fx.Node, list[fx.Node]] = {}
     for node in linear_nodes(ep.graph):
@@ -68,16 +70,16 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         names = [meta.get(n)["name"] for n in group]
         weights = [ep.state_dict[targets[n.args[1].name][1]] for n in group]
         w_absmax = torch.stack([w.detach().float().abs().amax(0) for w in weights]).amax(0)
-        s = smoothing_factors(ctx.stats[names[0]].merged_absmax(), w_absmax, ctx.config.smooth_alpha)
+        s = smoothing_factors(ctx.stats[names[0]].merged_absmax(), w_absmax, alpha)
         for name, w in zip(names, weights):
-            ctx.tensors.setdefault(name, {})["weight"] = (w.detach().float() * s).to(w.dtype)
+            ctx.plan(name).weight = (w.detach().float() * s).to(w.dtype)
         fold = _norm_params(ep, x, group, targets)
         for target, _ in fold:
             old = ep.state_dict[target]
             ep.state_dict[target] = torch.nn.Parameter((old.detach().float() / s).to(old.dtype), requires_grad=False)
         if not fold:
             for name in names:
-                ctx.tensors[name]["act_multiplier"] = 1.0 / s
+                ctx.plan(name).act_multiplier = 1.0 / s
         counts["groups"] += 1
         counts["linears"] += len(group)
         counts["folded" if fold else "explicit"] += len(group)

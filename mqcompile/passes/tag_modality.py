@@ -5,9 +5,9 @@ when tokens of several modalities reach it) and ``sources`` (sorted modalities r
 (``data_flow``, or ``module_path`` for a linear no source reaches, tagged from its ``nn_module_stack`` as a hint).
 
 Only tensor values propagate a modality (sizes do not). Data flow rather than module names because
-``nn_module_stack`` paths differ across transformers versions
-(see DESIGN.md). Sources come from ``QuantConfig.sources`` or, by default, from the input names below; a program
-with none of those names (any other model) treats all its inputs as one text source.
+``nn_module_stack`` paths differ across transformers versions (see DESIGN.md). Sources come from
+``QuantConfig.sources`` or, by default, from the input names in ``mqcompile.graph.linears.DEFAULT_SOURCES``; a
+program with none of those names (any other model) treats all its inputs as one text source.
 """
 
 from __future__ import annotations
@@ -19,39 +19,15 @@ import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
-from .. import meta
-from ..errors import ConfigError
-from ..graph_utils import user_input_nodes
+from ..graph import meta
+from ..graph.linears import linear_nodes, resolve_sources
 from .base import PassContext, PassResult
-from .find_linears import linear_nodes
 
-__all__ = ["run", "DEFAULT_SOURCES", "resolve_sources", "data_flow_graph"]
+__all__ = ["run", "data_flow_graph"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCES = {
-    "input_ids": "text",
-    "inputs_embeds": "text",
-    "pixel_values": "vision",
-    "pixel_values_videos": "vision",
-    "input_features": "audio",
-    "decoder_input_ids": "text",
-}
 _PATH_HINTS = (("visual", "vision"), ("vision", "vision"), ("audio", "audio"))
-
-
-def resolve_sources(ep: ExportedProgram, configured) -> dict[str, str]:
-    inputs = user_input_nodes(ep)
-    if configured:
-        missing = sorted(set(configured) - set(inputs))
-        if missing:
-            raise ConfigError(f"QuantConfig.sources names {missing}, but the program's inputs are {sorted(inputs)}")
-        return dict(configured)
-    found = {name: mod for name, mod in DEFAULT_SOURCES.items() if name in inputs}
-    if not found:
-        log.info("no known modality inputs among %s; treating all inputs as text", sorted(inputs))
-        found = {name: "text" for name in inputs}
-    return found
 
 
 def _view_base(node: fx.Node) -> fx.Node:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.reference import qrange
+from ..kernels.reference import qrange, weight_scale
 from .dabc import DabcPlan
 
 __all__ = ["MdqfoOptions", "MdqfoResult", "fake_quant_weight", "fake_quant_act", "layer_loss", "optimize_linear"]
@@ -68,14 +68,13 @@ def _round(x: torch.Tensor, ste: bool) -> torch.Tensor:
 
 
 def fake_quant_weight(w: torch.Tensor, gamma: torch.Tensor, bits: int, group_size: int = 0, ste: bool = False):
-    """Dequantized ``Q_w(W; gamma)``: symmetric per row (or per group), ``s = gamma * max|W| / qmax``."""
+    """Dequantized ``Q_w(W; gamma)`` on the deployed grid (:func:`mqcompile.kernels.reference.weight_scale`)."""
     qmin, qmax = qrange(bits)
     n, k = w.shape
     gs = group_size or k
     groups = -(-k // gs)
     wg = torch.nn.functional.pad(w, (0, groups * gs - k)).reshape(n, groups, gs)
-    amax = wg.detach().abs().amax(-1, keepdim=True)
-    scale = (gamma.reshape(n, -1, 1) * amax / qmax).clamp_min(1e-12)
+    scale = weight_scale(w, bits, group_size, gamma)[..., None]
     q = torch.clamp(_round(wg / scale, ste), qmin, qmax)
     return (q * scale).reshape(n, -1)[:, :k]
 

@@ -9,6 +9,7 @@ if not torch.cuda.is_available():  # must be set before the kernels are first JI
     os.environ["TRITON_INTERPRET"] = "1"
 
 import mqcompile  # noqa: E402
+from mqcompile.backends.inductor.deploy import detach_to, use_triton_ops  # noqa: E402
 from mqcompile.kernels import (
     pack_int4,  # noqa: E402
     triton_ops,  # noqa: E402, F401  (registers the triton ops)
@@ -16,7 +17,6 @@ from mqcompile.kernels import (
 from mqcompile.kernels import reference as ref  # noqa: E402
 from mqcompile.kernels.triton_kernels import GemmConfig, gemm_config  # noqa: E402
 from mqcompile.kernels.triton_ops import qlinear_launch  # noqa: E402
-from mqcompile.lowering import detach_to, use_triton_ops  # noqa: E402
 from tests.conftest import TOY_CONFIG, toy_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile import meta
 from mqcompile.config import MODALITIES
 from mqcompile.errors import CalibrationError, CheckpointError
-from mqcompile.interpret import run_observed
+from mqcompile.graph import meta
+from mqcompile.graph.interpret import run_observed
 from mqcompile.models import mini_omni as mo
 from mqcompile.models.qwen2_text import export_causal_lm
 

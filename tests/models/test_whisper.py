@@ -353,7 +353,7 @@ def _expected_tag(name: str) -> str:
 
 
 def _tags(qp) -> dict[str, tuple[str, str]]:
-    from mqcompile import meta
+    from mqcompile.graph import meta
 
     out = {}
     for node in qp.exported_program.graph.nodes:

@@ -1,7 +1,7 @@
 import pytest
 
 import mqcompile
-from mqcompile import CalibrationError, QuantConfig
+from mqcompile import CalibrationError, QuantConfig, recipes
 from tests.conftest import toy_inputs
 
 
@@ -11,10 +11,12 @@ def test_rtn_skips_calibration(toy):
 
 
 def test_smoothquant_calibrates_every_linear(toy):
-    qp = mqcompile.quantize(toy[2], QuantConfig(method="smoothquant"), calibration=[toy_inputs(1)], progress=False)
+    qp = mqcompile.quantize(
+        toy[2], QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=[toy_inputs(1)], progress=False
+    )
     assert qp.report["calibrate"] == {"batches": 1, "linears": 5}
 
 
 def test_missing_calibration_says_how(toy):
     with pytest.raises(CalibrationError, match=r"calibration=\[batch"):
-        mqcompile.quantize(toy[2], QuantConfig(method="smoothquant"), progress=False)
+        mqcompile.quantize(toy[2], QuantConfig(algorithms=recipes.SMOOTHQUANT), progress=False)

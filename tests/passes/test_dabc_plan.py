@@ -1,9 +1,10 @@
+import dataclasses
 import logging
 
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import recipes
 from tests.conftest import TOY_CONFIG, toy_inputs
 
 
@@ -14,13 +15,13 @@ def _outlier_inputs(seed):
 
 
 def _config(**kw):
-    return QuantConfig(**{**TOY_CONFIG.to_dict(), "debug": False, **kw})
+    return dataclasses.replace(TOY_CONFIG, debug=False, **kw)
 
 
 def test_plans_every_act_quantized_linear_and_finds_the_outlier(toy):
     _, _, ep = toy
     calib = [_outlier_inputs(s) for s in range(1, 4)]
-    qp = mqcompile.quantize(ep, _config(method="dabc"), calibration=calib, progress=False)
+    qp = mqcompile.quantize(ep, _config(algorithms=recipes.DABC_ONLY), calibration=calib, progress=False)
     assert qp.report["dabc_plan"]["linears"] == 4  # lm_head stays float
     assert qp.report["dabc_plan"]["plans"] == 1 + 1 + 3 + 3  # fused linears get one plan per modality
     state = qp.exported_program.state_dict
@@ -35,12 +36,12 @@ def test_dabc_improves_the_outlier_linear_and_round_trips(toy, tmp_path):
     calib = [_outlier_inputs(s) for s in range(1, 4)]
     test = _outlier_inputs(9)
     rtn = mqcompile.quantize(ep, _config(), progress=False)
-    dabc = mqcompile.quantize(ep, _config(method="dabc"), calibration=calib, progress=False)
+    dabc = mqcompile.quantize(ep, _config(algorithms=recipes.DABC_ONLY), calibration=calib, progress=False)
     ref = model.v(test["pixel_values"])
 
     def v_out(qp):
         seen = {}
-        from mqcompile.interpret import run_observed
+        from mqcompile.graph.interpret import run_observed
 
         run_observed(
             qp.exported_program,
@@ -65,6 +66,6 @@ def test_fused_linear_missing_a_modality_falls_back_with_warning(toy, caplog):
     for batch in calib:  # no audio tokens in calibration
         batch["input_ids"][batch["input_ids"] == 46] = 3
     with caplog.at_level(logging.WARNING):
-        qp = mqcompile.quantize(ep, _config(method="dabc"), calibration=calib, progress=False)
+        qp = mqcompile.quantize(ep, _config(algorithms=recipes.DABC_ONLY), calibration=calib, progress=False)
     assert "linear d1: calibration has no ['audio'] tokens" in caplog.text
     assert qp.report["dabc_plan"]["plans"] == 1 + 1 + 1 + 1

@@ -1,6 +1,6 @@
 import torch
 
-from mqcompile import meta
+from mqcompile.graph import meta
 from mqcompile.passes import PassContext, find_linears
 from tests.conftest import TOY_CONFIG
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import QuantConfig, recipes
 from mqcompile.errors import CalibrationError, ConfigError
 from mqcompile.metrics import sqnr_db
 
@@ -33,14 +33,15 @@ def model_ep():
     ("extra", "gain_db"),
     [  # measured: 19.7 -> 27.5 dB (W4A16), 16.2 -> 16.7 dB (W4A4, activation noise dominates)
         ({"default": "w4a16"}, 3.0),
-        ({"default": "w4a4", "rotate": True, "method": "morphoquant", "mdqfo_ste_steps": 2}, 0.2),
+        ({"default": "w4a4", "algorithms": (recipes.Rotate(), recipes.DABC(), recipes.MDQFO(ste_steps=2))}, 0.2),
     ],
 )
 def test_gptq_pass_improves_the_program_and_saves(model_ep, extra, gain_db, tmp_path):
     model, ep = model_ep
     calib = [_batch(i) for i in range(1, 9)]
     rtn = mqcompile.quantize(ep, QuantConfig(**extra), calibration=calib, progress=False)
-    qp = mqcompile.quantize(ep, QuantConfig(weight_rounding="gptq", **extra), calibration=calib, progress=False)
+    gptq = {**extra, "algorithms": extra.get("algorithms", ()) + (recipes.GPTQ(),)}
+    qp = mqcompile.quantize(ep, QuantConfig(**gptq), calibration=calib, progress=False)
     assert qp.report["gptq"] == {"linears": 2, "no_tokens": 0}
     x = _batch(20, tokens=5)
     ref = model(**x)
@@ -53,8 +54,8 @@ def test_gptq_pass_improves_the_program_and_saves(model_ep, extra, gain_db, tmp_
 def test_gptq_needs_calibration_and_valid_settings(model_ep):
     _, ep = model_ep
     with pytest.raises(CalibrationError, match="calibration"):
-        mqcompile.quantize(ep, QuantConfig(weight_rounding="gptq"), progress=False)
+        mqcompile.quantize(ep, QuantConfig(algorithms=(recipes.GPTQ(),)), progress=False)
     with pytest.raises(ConfigError, match="weight_rounding"):
-        QuantConfig(weight_rounding="awq")
-    with pytest.raises(ConfigError, match="gptq_damp"):
-        QuantConfig(weight_rounding="gptq", gptq_damp=0.0)
+        QuantConfig.from_dict({"weight_rounding": "awq"})  # a version 1 file
+    with pytest.raises(ConfigError, match="GPTQ.damp"):
+        recipes.GPTQ(damp=0.0)

@@ -1,6 +1,7 @@
 import torch
 
-from mqcompile import QuantConfig, meta
+from mqcompile import QuantConfig
+from mqcompile.graph import meta
 from mqcompile.passes import PassContext, find_linears, insert_modality_ids, select_schemes, tag_modality
 from tests.conftest import AUDIO_TOKEN, TOY_CONFIG, VISION_TOKEN
 

@@ -1,20 +1,25 @@
+import dataclasses
+
 import pytest
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import QuantConfig, recipes
 from tests.conftest import TOY_CONFIG, toy_inputs
 
+MORPHOQUANT = (recipes.DABC(), recipes.MDQFO(ste_steps=3))
+RECIPES = {"mdqfo_clips": (recipes.MDQFO(ste_steps=3, masks=False),), "morphoquant": MORPHOQUANT}
 
-def _config(**kw):
-    return QuantConfig(**{**TOY_CONFIG.to_dict(), "debug": False, "mdqfo_ste_steps": 3, **kw})
+
+def _config(algorithms=recipes.RTN):
+    return dataclasses.replace(TOY_CONFIG, debug=False, algorithms=algorithms)
 
 
 @pytest.mark.parametrize("method", ["mdqfo_clips", "morphoquant"])
 def test_losses_never_rise_and_tables_are_per_modality(toy, method):
     _, _, ep = toy
     calib = [toy_inputs(s) for s in range(1, 4)]
-    qp = mqcompile.quantize(ep, _config(method=method), calibration=calib, progress=False)
+    qp = mqcompile.quantize(ep, _config(RECIPES[method]), calibration=calib, progress=False)
     report = qp.report["mdqfo"]
     assert report["linears"] == 4 and set(report["losses"]) == {"v", "a", "d1", "d2"}
     for _rtn, start, after in report["losses"].values():
@@ -30,7 +35,7 @@ def test_morphoquant_not_worse_than_rtn_on_held_out(toy):
     calib = [toy_inputs(s) for s in range(1, 6)]
     test = [toy_inputs(s) for s in range(20, 24)]
     rtn = mqcompile.quantize(ep, _config(), progress=False)
-    mq = mqcompile.quantize(ep, _config(method="morphoquant"), calibration=calib, progress=False)
+    mq = mqcompile.quantize(ep, _config(MORPHOQUANT), calibration=calib, progress=False)
 
     @torch.no_grad()
     def err(qp):
@@ -42,8 +47,8 @@ def test_morphoquant_not_worse_than_rtn_on_held_out(toy):
 def test_deterministic(toy):
     _, _, ep = toy
     calib = [toy_inputs(s) for s in range(1, 3)]
-    a = mqcompile.quantize(ep, _config(method="morphoquant"), calibration=calib, progress=False)
-    b = mqcompile.quantize(ep, _config(method="morphoquant"), calibration=calib, progress=False)
+    a = mqcompile.quantize(ep, _config(MORPHOQUANT), calibration=calib, progress=False)
+    b = mqcompile.quantize(ep, _config(MORPHOQUANT), calibration=calib, progress=False)
     for k, v in a.exported_program.state_dict.items():
         assert torch.equal(v, b.exported_program.state_dict[k]), k
 
@@ -51,8 +56,9 @@ def test_deterministic(toy):
 def test_activation_clips_can_be_turned_off(toy):
     _, _, ep = toy
     calib = [toy_inputs(s) for s in range(1, 3)]
-    qp = mqcompile.quantize(ep, _config(method="morphoquant", mdqfo_act_clips=False), calibration=calib, progress=False)
+    no_clips = (recipes.DABC(), recipes.MDQFO(ste_steps=3, act_clips=False))
+    qp = mqcompile.quantize(ep, _config(no_clips), calibration=calib, progress=False)
     state = qp.exported_program.state_dict
     clips = [v for k, v in state.items() if k.endswith("mq_act_clip")]
     assert len(clips) == 4 and all(bool((c == 1).all()) for c in clips)
-    assert QuantConfig.from_json(qp.config.to_json()).mdqfo_act_clips is False
+    assert QuantConfig.from_json(qp.config.to_json()).algorithm(recipes.MDQFO).act_clips is False

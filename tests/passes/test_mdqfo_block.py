@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import QuantConfig, recipes
 from mqcompile.errors import ConfigError
 from mqcompile.solvers.block import output_loss
 
@@ -49,25 +51,30 @@ def stack():
     return model, torch.export.export(model, (), _inputs(0))
 
 
-def _config(**kw):
-    return QuantConfig(**{"method": "morphoquant", "mdqfo_ste_steps": 2, "keep_float": (), **kw})
+MQ = (recipes.DABC(), recipes.MDQFO(ste_steps=2))
+
+
+def _config(block_steps=0):
+    block = (recipes.BlockMDQFO(steps=block_steps),) if block_steps else ()
+    return QuantConfig(algorithms=MQ + block, keep_float=())
 
 
 CALIB = [_inputs(s) for s in range(1, 5)]
 
 
-def test_off_by_default_and_for_rtn(stack):
+def test_off_by_default_and_never_without_mdqfo(stack):
     _, ep = stack
-    assert QuantConfig().mdqfo_block_steps == 0
-    for config in (_config(), _config(method="rtn", mdqfo_block_steps=5)):
-        qp = mqcompile.quantize(ep, config, calibration=CALIB, progress=False)
-        assert qp.report["mdqfo_block"]["blocks"] == 0
+    assert QuantConfig().algorithm(recipes.BlockMDQFO) is None
+    qp = mqcompile.quantize(ep, _config(), calibration=CALIB, progress=False)
+    assert qp.report["mdqfo_block"]["blocks"] == 0
+    with pytest.raises(ConfigError, match="add MDQFO"):  # the old flat config ignored this combination silently
+        QuantConfig(algorithms=(recipes.BlockMDQFO(steps=5),))
 
 
 def test_block_losses_never_rise_and_clips_move(stack):
     model, ep = stack
     base = mqcompile.quantize(ep, _config(), calibration=CALIB, progress=False)
-    qp = mqcompile.quantize(ep, _config(mdqfo_block_steps=12), calibration=CALIB, progress=False)
+    qp = mqcompile.quantize(ep, _config(12), calibration=CALIB, progress=False)
     report = qp.report["mdqfo_block"]
     assert set(report["losses"]) == {"layers.0", "layers.1", "layers.2"} and report["blocks"] == 3
     for start, after in report["losses"].values():
@@ -91,21 +98,21 @@ def test_block_losses_never_rise_and_clips_move(stack):
 
 def test_deterministic(stack):
     _, ep = stack
-    a = mqcompile.quantize(ep, _config(mdqfo_block_steps=4), calibration=CALIB, progress=False)
-    b = mqcompile.quantize(ep, _config(mdqfo_block_steps=4), calibration=CALIB, progress=False)
+    a = mqcompile.quantize(ep, _config(4), calibration=CALIB, progress=False)
+    b = mqcompile.quantize(ep, _config(4), calibration=CALIB, progress=False)
     for k, v in a.exported_program.state_dict.items():
         assert torch.equal(v, b.exported_program.state_dict[k]), k
 
 
 def test_program_parameters_get_no_gradients(stack):
     _, ep = stack
-    mqcompile.quantize(ep, _config(mdqfo_block_steps=3), calibration=CALIB, progress=False)
+    mqcompile.quantize(ep, _config(3), calibration=CALIB, progress=False)
     assert all(p.grad is None for p in ep.state_dict.values())
 
 
 def test_routed_fused_blocks_keep_per_modality_tables(thinker_ep, thinker_config, tiny_sample):
-    extra = {"method": "morphoquant", "mdqfo_ste_steps": 1, "mdqfo_block_steps": 3}
-    config = QuantConfig(**{**thinker_config.to_dict(), **extra})
+    algorithms = (recipes.DABC(), recipes.MDQFO(ste_steps=1), recipes.BlockMDQFO(steps=3))
+    config = dataclasses.replace(thinker_config, algorithms=algorithms)
     qp = mqcompile.quantize(thinker_ep, config, calibration=[tiny_sample], progress=False)
     report = qp.report["mdqfo_block"]
     lm = [k for k in report["losses"] if "language_model.layers" in k]
@@ -115,6 +122,7 @@ def test_routed_fused_blocks_keep_per_modality_tables(thinker_ep, thinker_config
 
 
 def test_config_checks_and_round_trips():
-    with pytest.raises(ConfigError, match="mdqfo_block_steps"):
-        QuantConfig(mdqfo_block_steps=-1)
-    assert QuantConfig.from_json(QuantConfig(mdqfo_block_steps=7).to_json()).mdqfo_block_steps == 7
+    with pytest.raises(ConfigError, match="BlockMDQFO.steps"):
+        recipes.BlockMDQFO(steps=-1)
+    config = QuantConfig(algorithms=MQ + (recipes.BlockMDQFO(steps=7),))
+    assert QuantConfig.from_json(config.to_json()).algorithm(recipes.BlockMDQFO).steps == 7

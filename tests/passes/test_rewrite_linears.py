@@ -1,6 +1,7 @@
 import torch
 
-from mqcompile import QuantConfig, meta
+from mqcompile import QuantConfig
+from mqcompile.graph import meta
 from mqcompile.passes import (
     PassContext,
     find_linears,

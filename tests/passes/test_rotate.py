@@ -2,9 +2,11 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import QuantConfig, recipes
 from mqcompile.errors import ConfigError
 from mqcompile.metrics import sqnr_db
+
+ROT = (recipes.Rotate(),)
 
 
 class TwoHeads(torch.nn.Module):
@@ -44,7 +46,7 @@ def _rotations(qp):
 
 def test_rotation_counts_and_function(model_ep):
     model, ep = model_ep
-    qp = mqcompile.quantize(ep, QuantConfig(default="w8a8", rotate=True), progress=False)
+    qp = mqcompile.quantize(ep, QuantConfig(default="w8a8", algorithms=ROT), progress=False)
     assert qp.report["rotate"] == {"linears": 3, "blocks": {128: 2, 32: 1}}
     assert len(_rotations(qp)) == 2  # a and b share one rotated input
     assert "a.mq_rotation" in qp.exported_program.state_dict
@@ -69,16 +71,16 @@ def test_rotation_beats_rtn_on_outlier_channels():
     ep = torch.export.export(model, batch(0))
     ref = model(*batch(1))
     plain = mqcompile.quantize(ep, QuantConfig(), progress=False).module()(*batch(1))
-    rot = mqcompile.quantize(ep, QuantConfig(rotate=True), progress=False).module()(*batch(1))
+    rot = mqcompile.quantize(ep, QuantConfig(algorithms=ROT), progress=False).module()(*batch(1))
     assert sqnr_db(ref, rot) > sqnr_db(ref, plain) + 4  # measured 15.4 vs 8.1 dB
 
 
 def test_rotation_with_morphoquant_and_save_load(model_ep, tmp_path):
     model, ep = model_ep
     calib = [_batch(i) for i in range(1, 4)]
-    cfg = QuantConfig(method="morphoquant", rotate=True, mdqfo_ste_steps=2)
+    cfg = QuantConfig(algorithms=ROT + (recipes.DABC(), recipes.MDQFO(ste_steps=2)))
     qp = mqcompile.quantize(ep, cfg, calibration=calib, progress=False)
-    rtn = mqcompile.quantize(ep, QuantConfig(rotate=True), progress=False)
+    rtn = mqcompile.quantize(ep, QuantConfig(algorithms=ROT), progress=False)
     x = _batch(8)
     ref = model(**x)
     assert sqnr_db(ref, qp.module()(**x)) > sqnr_db(ref, rtn.module()(**x)) - 0.5
@@ -88,7 +90,7 @@ def test_rotation_with_morphoquant_and_save_load(model_ep, tmp_path):
 
 
 def test_rotation_config_errors():
-    with pytest.raises(ConfigError, match="smoothquant"):
-        QuantConfig(method="smoothquant", rotate=True)
+    with pytest.raises(ConfigError, match="SmoothQuant"):
+        QuantConfig(algorithms=recipes.SMOOTHQUANT + ROT)
     with pytest.raises(ConfigError, match="power of two"):
-        QuantConfig(rotate=True, rotate_max_block=96)
+        recipes.Rotate(max_block=96)

@@ -1,4 +1,5 @@
-from mqcompile import QuantConfig, meta
+from mqcompile import QuantConfig
+from mqcompile.graph import meta
 from mqcompile.passes import PassContext, find_linears, select_schemes, tag_modality
 
 

@@ -1,7 +1,7 @@
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig
+from mqcompile import QuantConfig, recipes
 from mqcompile.metrics import sqnr_db
 from mqcompile.passes.smooth_quant import smoothing_factors
 
@@ -49,7 +49,7 @@ def test_folds_into_norms_and_beats_rtn():
     calib = [_batch(i) for i in range(1, 5)]
     ref = model(**_batch(9))
     rtn = mqcompile.quantize(ep, QuantConfig(), progress=False)
-    sq = mqcompile.quantize(ep, QuantConfig(method="smoothquant"), calibration=calib, progress=False)
+    sq = mqcompile.quantize(ep, QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=calib, progress=False)
     assert sq.report["smooth_quant"] == {"groups": 3, "linears": 4, "folded": 3, "explicit": 1}
     state = sq.exported_program.state_dict
     assert "down.mq_act_multiplier" in state and "q.mq_act_multiplier" not in state
@@ -57,5 +57,7 @@ def test_folds_into_norms_and_beats_rtn():
     assert torch.equal(ep.state_dict["n1.weight"], model.n1.weight)  # ... the input program is untouched
     # migration keeps the function: at W8A8 the smoothed program is close to float
     assert sqnr_db(ref, sq.module()(**_batch(9))) > sqnr_db(ref, rtn.module()(**_batch(9)))
-    w8 = mqcompile.quantize(ep, QuantConfig(method="smoothquant", default="w8a8"), calibration=calib, progress=False)
+    w8 = mqcompile.quantize(
+        ep, QuantConfig(algorithms=recipes.SMOOTHQUANT, default="w8a8"), calibration=calib, progress=False
+    )
     assert sqnr_db(ref, w8.module()(**_batch(9))) > 30

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .errors import UnsupportedProgramError
-from .kernels.cpu_int4 import available as cpu_int4_available
-from .kernels.pack import unpack_int4
-from .kernels.triton_kernels import available as triton_available
-from .program import QuantizedProgram
+from ...errors import UnsupportedProgramError
+from ...kernels.cpu_int4 import available as cpu_int4_available
+from ...kernels.ops import QLinearArgs, QuantizeActArgs, arg_position, op_args
+from ...kernels.pack import unpack_int4
+from ...kernels.triton_kernels import available as triton_available
+from ...program import QuantizedProgram
 
 __all__ = ["compile", "use_triton_ops", "use_cpu_int4pack", "detach_to"]
 
@@ -41,7 +42,7 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
     and 1.3-1.8x at M = 1 on the 7B shapes, against 0.4-0.6x and 0.4-1.2x with in-register nibble unpacking
     (docs/bench_gpu/bench_kernels.md), at twice the weight bytes (0.5x bf16 instead of 0.25x).
     """
-    from .kernels import triton_ops  # noqa: F401  (registers the triton ops; needs triton)
+    from ...kernels import triton_ops  # noqa: F401  (registers the triton ops; needs triton)
 
     ops = torch.ops.mqcompile
     counts = {"quantize_act": 0, "qlinear": 0, "kept": 0, "unpacked": 0}
@@ -53,12 +54,13 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
             node.target = ops.quantize_act_triton.default
             counts["quantize_act"] += 1
         elif node.target == ops.qlinear.default:
-            if node.args[6]:  # group_size
+            args = op_args(QLinearArgs, node)
+            if args.group_size:
                 counts["kept"] += 1
                 continue
             node.target = ops.qlinear_triton.default
             counts["qlinear"] += 1
-            if int8_weights and node.args[5] == 4:
+            if int8_weights and args.w_bits == 4:
                 _unpack_weight(gm, node, unpacked)
                 counts["unpacked"] += 1
     gm.recompile()
@@ -70,18 +72,20 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
     :mod:`mqcompile.kernels.cpu_int4`), repacking each weight once; in place. Bit-exact: kept where the fp32
     accumulator could not hold the integer sums exactly (8-bit activation codes with K > 16,384), and for grouped
     or 8-bit weights."""
-    from .kernels import cpu_int4  # registers the op
-    from .kernels.ops import exact_float_chunk
+    from ...kernels import cpu_int4  # registers the op
+    from ...kernels.ops import exact_float_chunk
 
     counts = {"int4pack": 0, "kept": 0}
     done: dict[str, tuple[str, str]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target != torch.ops.mqcompile.qlinear.default:
             continue
-        xq, _, w, w_scale, bias, w_bits, group, k, out_dtype, *rest = node.args
+        args = op_args(QLinearArgs, node)
+        xq, w, k = args.xq, args.w, args.in_features
         act = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
-        x_bits = act.args[3] if act is not None and act.target == torch.ops.mqcompile.quantize_act.default else 8
-        if w_bits != 4 or group or k > exact_float_chunk(x_bits, 4) or not _stored(w):
+        is_act = act is not None and act.target == torch.ops.mqcompile.quantize_act.default
+        x_bits = op_args(QuantizeActArgs, act).bits if is_act else 8
+        if args.w_bits != 4 or args.group_size or k > exact_float_chunk(x_bits, 4) or not _stored(w):
             counts["kept"] += 1
             continue
         if w.target not in done:
@@ -92,10 +96,20 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
             )
         with gm.graph.inserting_before(node):
             packed_node, sz_node = (gm.graph.get_attr(t) for t in done[w.target])
-            comp, ids = (rest + [None, None])[:2]
             new = gm.graph.call_function(
                 torch.ops.mqcompile.qlinear_int4pack.default,
-                (xq, node.args[1], packed_node, sz_node, w_scale, bias, k, out_dtype, comp, ids),
+                (
+                    xq,
+                    args.x_scale,
+                    packed_node,
+                    sz_node,
+                    args.w_scale,
+                    args.bias,
+                    k,
+                    args.out_dtype,
+                    args.comp,
+                    args.modality_ids,
+                ),
             )
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
@@ -124,14 +138,15 @@ def _buffer_beside(gm: fx.GraphModule, target: str, suffix: str, value: torch.Te
 
 
 def _unpack_weight(gm: fx.GraphModule, node: fx.Node, done: dict[str, str]) -> None:
-    w = node.args[2]
+    args = op_args(QLinearArgs, node)
+    w = args.w
     if not _stored(w):
         raise UnsupportedProgramError(f"{node.name}: its weight is not a stored tensor, so it cannot be unpacked")
     if w.target not in done:  # a weight shared by several linears is unpacked once
-        done[w.target] = _buffer_beside(gm, w.target, "_int8", unpack_int4(gm.get_buffer(w.target), node.args[7]))
+        done[w.target] = _buffer_beside(gm, w.target, "_int8", unpack_int4(gm.get_buffer(w.target), args.in_features))
     with gm.graph.inserting_before(node):
         node.replace_input_with(w, gm.graph.get_attr(done[w.target]))
-    node.update_arg(5, 8)
+    node.update_arg(arg_position(QLinearArgs, "w_bits"), 8)
 
 
 def detach_to(module: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:

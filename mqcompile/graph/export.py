@@ -14,7 +14,7 @@ from torch._guards import detect_fake_mode
 from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind
 
-from .errors import UnsupportedProgramError
+from ..errors import UnsupportedProgramError
 
 __all__ = [
     "copy_program",

@@ -37,9 +37,9 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from ..errors import UnsupportedProgramError
-from ..kernels.pack import unpack_int4
-from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, WLINEAR
+from ...errors import UnsupportedProgramError
+from ...kernels.pack import unpack_int4
+from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, WLINEAR, marker_input
 
 __all__ = ["VARIANTS", "LoweringStats", "lower_markers", "linear_name", "nbits_block"]
 
@@ -60,8 +60,8 @@ class LoweringStats:
 
 
 def linear_name(node: ir.Node) -> str:
-    """The source linear's name (``mqcompile.meta`` of the fx node the exporter recorded), else the node's name."""
-    from .. import meta
+    """The source linear's name (the fx node meta the exporter recorded), else the node's name."""
+    from ...graph import meta
 
     fx_node = node.meta.get("node")
     name = meta.get(fx_node).get("name") if fx_node is not None else None
@@ -89,7 +89,9 @@ def _const(value: ir.Value | None, what: str, node: ir.Node) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def _input(node: ir.Node, i: int) -> ir.Value | None:
+def _input(node: ir.Node, name: str) -> ir.Value | None:
+    """A marker's input by the op argument's name (None when absent): the layout is ``translate.MARKER_INPUTS``."""
+    i = marker_input(node.op_type, name)
     return node.inputs[i] if i < len(node.inputs) else None
 
 
@@ -142,7 +144,7 @@ class _Lowerer:
             return self.acts[qa]
         name = linear_name(qa)
         p = f"{name}/act"
-        x, clip_v, ids, shift_v = (_input(qa, i) for i in range(4))
+        x, clip_v, ids, shift_v = (_input(qa, n) for n in ("x", "clip", "modality_ids", "shift"))
         bits = _attr(qa, "bits", 4)
         if k is None and x.shape is not None and isinstance(x.shape[-1], int):
             k = x.shape[-1]
@@ -279,7 +281,7 @@ class _Lowerer:
                 f"scales), but this linear's weights use groups of {group}; export variant='w4a16' or 'w4a8', or "
                 "quantize with weight_group_size=None"
             )
-        w, w_scale = self.int_weight(ql, name, ql.inputs[2], ql.inputs[3], bits, k)
+        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, k)
         xq, xs, xz = self.op_outputs(ql, name, "DynamicQuantizeLinear", [x2], 3)
         acc = self.op(ql, name, "MatMulInteger", [xq, w, xz])
         # Cast -> Mul(acc, Mul(b_scale, a_scale)) is the pattern ORT fuses into MatMulIntegerToFloat
@@ -287,9 +289,14 @@ class _Lowerer:
         return self.op(ql, name, "Mul", [self.op(ql, name, "Cast", [acc], to=_FLOAT), scale])
 
     def lower_qlinear(self, ql: ir.Node) -> None:
-        qa = ql.inputs[0].producer() if ql.inputs[0] is not None else None
+        qa = _input(ql, "xq").producer() if _input(ql, "xq") is not None else None
         name = linear_name(ql)
-        if qa is None or qa.domain != DOMAIN or qa.op_type != QUANTIZE_ACT or ql.inputs[1].producer() is not qa:
+        if (
+            qa is None
+            or qa.domain != DOMAIN
+            or qa.op_type != QUANTIZE_ACT
+            or _input(ql, "x_scale").producer() is not qa
+        ):
             raise UnsupportedProgramError(
                 f"{name}: mqcompile::qlinear does not take its codes and scales straight from mqcompile::quantize_act; "
                 "ONNX export supports the graphs mqcompile.quantize writes"
@@ -300,15 +307,16 @@ class _Lowerer:
             y = self.int_matmul(ql, name, info["x2"], bits, group, k)
         else:
             xd = self.dequantized_act(qa, info)
-            wd = self.weight(ql, ql, name, ql.inputs[2], ql.inputs[3], bits, group, k)
+            wd = self.weight(ql, ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, group, k)
             y = self.op(ql, name, "MatMul", [xd, wd])
         ids_flat = info["ids_flat"]
-        if _input(ql, 6) is not None and ids_flat is None:
-            ids_flat = self.op(ql, name, "Reshape", [ql.inputs[6], self.init(f"{name}.ids_shape", self.ints([-1]))])
-        y = self._epilogue(ql, name, y, _input(ql, 4), _input(ql, 5), ids_flat, name)
+        ids = _input(ql, "modality_ids")
+        if ids is not None and ids_flat is None:
+            ids_flat = self.op(ql, name, "Reshape", [ids, self.init(f"{name}.ids_shape", self.ints([-1]))])
+        y = self._epilogue(ql, name, y, _input(ql, "bias"), _input(ql, "comp"), ids_flat, name)
         out = ql.outputs[0]
         if info["x"].shape is None or info["x"].shape.rank() != 2:
-            n = int(ql.inputs[2].shape[0])
+            n = int(_input(ql, "w").shape[0])
             lead = self.op(ql, name, "Shape", [info["x"]], start=0, end=-1)
             shape = self.op(ql, name, "Concat", [lead, self.init(f"{name}.out_features", self.ints([n]))], axis=0)
             y = self.op(ql, name, "Reshape", [y, shape])
@@ -321,14 +329,14 @@ class _Lowerer:
 
     def lower_wlinear(self, wl: ir.Node) -> None:
         name = linear_name(wl)
-        x = wl.inputs[0]
+        x = _input(wl, "x")
         k, bits, group = _attr(wl, "in_features"), _attr(wl, "w_bits", 4), _attr(wl, "group_size")
-        wd = self.weight(wl, wl, name, wl.inputs[1], wl.inputs[2], bits, group, k)
+        wd = self.weight(wl, wl, name, _input(wl, "w"), _input(wl, "w_scale"), bits, group, k)
         x_dtype = x.type.dtype if x.type is not None else _FLOAT
         if x_dtype != _FLOAT:
             wd = self.op(wl, name, "Cast", [wd], to=x_dtype)
         y = self.op(wl, name, "MatMul", [x, wd])
-        bias = _input(wl, 3)
+        bias = _input(wl, "bias")
         if bias is not None:
             y = self.op(wl, name, "Add", [y, bias])
         self._replace(wl.outputs[0], y)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile.lowering import detach_to, use_triton_ops
+from mqcompile.backends.inductor.deploy import detach_to, use_triton_ops
 from tests.conftest import TOY_CONFIG, toy_inputs
 
 
@@ -56,7 +56,7 @@ def test_int8_weights_need_the_triton_path(toy):
 
 
 def test_cpu_int4pack_is_bit_exact_and_replaces_the_weights(toy):
-    from mqcompile.lowering import use_cpu_int4pack
+    from mqcompile.backends.inductor.deploy import use_cpu_int4pack
 
     _, _, ep = toy
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
@@ -71,7 +71,7 @@ def test_cpu_int4pack_is_bit_exact_and_replaces_the_weights(toy):
 
 
 def test_cpu_int4pack_keeps_grouped_and_8_bit_weights(toy):
-    from mqcompile.lowering import use_cpu_int4pack
+    from mqcompile.backends.inductor.deploy import use_cpu_int4pack
 
     _, _, ep = toy
     grouped = dataclasses.replace(TOY_CONFIG, weight_group_size=4)

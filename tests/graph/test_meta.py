@@ -1,7 +1,7 @@
 import pytest
 import torch.fx as fx
 
-from mqcompile import meta
+from mqcompile.graph import meta
 
 
 def test_accessor_round_trip_and_json_only():

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import CalibrationError, UnsupportedProgramError
+from ...errors import CalibrationError, UnsupportedProgramError
 from .inputs import match_inputs
 
 if TYPE_CHECKING:
-    from ..program import QuantizedProgram
+    from ...program import QuantizedProgram
 
 __all__ = ["Parity", "parity", "ort_optimized_op_counts"]
 

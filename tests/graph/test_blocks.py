@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mqcompile.blocks import run_segment, segments
-from mqcompile.interpret import flat_inputs
+from mqcompile.graph.blocks import run_segment, segments
+from mqcompile.graph.interpret import flat_inputs
 
 
 def _module(node):

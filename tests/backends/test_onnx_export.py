@@ -1,5 +1,7 @@
 """ONNX QDQ export: exact activation numerics, graph structure, parity in ONNX Runtime, size, variants, bad input."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,18 +9,18 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile import ConfigError, QuantConfig, QuantizedProgram, UnsupportedProgramError
+from mqcompile import ConfigError, QuantConfig, QuantizedProgram, UnsupportedProgramError, recipes
+from mqcompile.backends.onnx.export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 from mqcompile.errors import CalibrationError
 from mqcompile.kernels.reference import quantize_act_ref
 from mqcompile.metrics import cosine
-from mqcompile.onnx_export import export_float_onnx, export_onnx, ort_optimized_op_counts, parity
 from tests.conftest import TOY_CONFIG, Toy, toy_inputs
 
 COSINE = 0.999
 
 
 def _config(**kw):
-    return QuantConfig(**{**TOY_CONFIG.to_dict(), "debug": False, **kw})
+    return dataclasses.replace(TOY_CONFIG, debug=False, **kw)
 
 
 def _outlier_inputs(seed):
@@ -58,7 +60,7 @@ def toy_rtn(toy_ep):
 @pytest.fixture(scope="module")
 def toy_mq(toy_ep):
     calib = [_outlier_inputs(s) for s in range(1, 4)]
-    return mqcompile.quantize(toy_ep[1], _config(method="dabc"), calibration=calib, progress=False)
+    return mqcompile.quantize(toy_ep[1], _config(algorithms=recipes.DABC_ONLY), calibration=calib, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,8 @@ def test_tiny_thinker_towers_parity(tiny_thinker, tower_eps, tower, method, tmp_
 
     ep = tower_eps[tower]
     calib = [tower_sample(make_sample(tiny_thinker, seed=1), tower)] if method != "rtn" else None
-    qp = mqcompile.quantize(ep, QuantConfig(method=method), calibration=calib, progress=False)
+    algorithms = {"rtn": recipes.RTN, "dabc": recipes.DABC_ONLY}[method]
+    qp = mqcompile.quantize(ep, QuantConfig(algorithms=algorithms), calibration=calib, progress=False)
     if method == "dabc":
         assert any(k.endswith(".mq_shift") for k in qp.exported_program.state_dict)
     report = export_onnx(qp, tmp_path / f"{tower}.onnx", check=False)
@@ -361,7 +364,7 @@ def test_dynamic_shape_errors_say_what_to_do(toy_rtn, tmp_path, monkeypatch):
     def exporter_fails(*args, **kwargs):
         raise RuntimeError("Could not guard on data-dependent expression Eq(u0, 1) (unhinted: Eq(u0, 1))")
 
-    monkeypatch.setattr(mqcompile.onnx_export, "_run_exporter", exporter_fails)
+    monkeypatch.setattr(mqcompile.backends.onnx.export, "_run_exporter", exporter_fails)
     with pytest.raises(UnsupportedProgramError, match="cannot express this program's dynamic shapes.*static"):
         export_onnx(toy_rtn, tmp_path / "m.onnx")
 
@@ -422,7 +425,7 @@ def test_real_model_parity(model, tmp_path):
         w8 = export_onnx(
             mqcompile.quantize(ep, QuantConfig(default="w8a8"), progress=False), tmp_path / "w8.onnx", inputs
         )
-        qp = mqcompile.quantize(ep, QuantConfig(rotate=True), progress=False)
+        qp = mqcompile.quantize(ep, QuantConfig(algorithms=(recipes.Rotate(),)), progress=False)
         with torch.no_grad():
             self_cos = _self_agreement(qp, inputs)
         w4 = export_onnx(qp, tmp_path / "w4.onnx", inputs)

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from ..errors import CalibrationError, UnsupportedProgramError
-from ..graph_utils import user_input_nodes
+from ...errors import CalibrationError, UnsupportedProgramError
+from ...graph.export import user_input_nodes
 
 __all__ = ["Inputs", "match_inputs", "check_static_dims"]
 

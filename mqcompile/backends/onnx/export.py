@@ -1,7 +1,7 @@
 """ONNX QDQ export of a :class:`~mqcompile.QuantizedProgram`, checked in ONNX Runtime.
 
 The whole program goes through the torch ONNX exporter (``dynamo=True``, opset 21); the three ``mqcompile::`` ops
-become standard QDQ subgraphs (see :mod:`mqcompile.onnx.lower`): INT4 weight initializers ``[K, N]`` feeding
+become standard QDQ subgraphs (see :mod:`mqcompile.backends.onnx.lower`): INT4 weight initializers ``[K, N]`` feeding
 ``DequantizeLinear`` (per-channel ``axis=1``, or blocked ``axis=0, block_size=group`` for grouped weights),
 per-token dynamic activation scales computed in the graph, INT4 ``QuantizeLinear -> DequantizeLinear``, the DABC shift
 as ``Sub`` and the compensation as ``Add`` (``Gather`` on the per-token modality ids for fused linears).
@@ -43,12 +43,12 @@ import onnx_ir as ir
 import torch
 from torch.export import ExportedProgram
 
-from .errors import ConfigError, UnsupportedProgramError
-from .onnx.inputs import Inputs, check_static_dims, match_inputs
-from .onnx.lower import VARIANTS, lower_markers
-from .onnx.translate import TABLE, translated_ops
-from .onnx.validate import Parity, ort_optimized_op_counts, parity
-from .program import QuantizedProgram
+from ...errors import ConfigError, UnsupportedProgramError
+from ...program import QuantizedProgram
+from .inputs import Inputs, check_static_dims, match_inputs
+from .lower import VARIANTS, lower_markers
+from .translate import TABLE, translated_ops
+from .validate import Parity, ort_optimized_op_counts, parity
 
 __all__ = [
     "MIN_OPSET",

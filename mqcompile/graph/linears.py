@@ -1,0 +1,93 @@
+"""The linears of a program and the inputs that carry each modality: helpers every pass and calibration share.
+
+Example:
+    >>> [n.name for n in linear_nodes(ep.graph)]  # doctest: +SKIP
+    ['linear', 'linear_1']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+
+from ..config import MODALITIES, SCHEMES
+from ..errors import ConfigError
+from . import meta
+from .export import user_input_nodes
+
+__all__ = [
+    "DEFAULT_SOURCES",
+    "linear_nodes",
+    "act_quantized",
+    "resolve_sources",
+    "text_source",
+    "modality_id_steps",
+    "token_modality_ids",
+]
+
+log = logging.getLogger(__name__)
+
+# Input names that carry a modality when ``QuantConfig.sources`` is empty.
+DEFAULT_SOURCES = {
+    "input_ids": "text",
+    "inputs_embeds": "text",
+    "pixel_values": "vision",
+    "pixel_values_videos": "vision",
+    "input_features": "audio",
+    "decoder_input_ids": "text",
+}
+
+
+def linear_nodes(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+
+
+def act_quantized(node: fx.Node) -> bool:
+    """The linear's activations are quantized and its weight is known ahead of time."""
+    info = meta.get(node)
+    return SCHEMES[info["scheme"]].act_bits is not None and info["weight"] != "dynamic"
+
+
+def resolve_sources(ep: ExportedProgram, configured: Mapping[str, str]) -> dict[str, str]:
+    """Input name -> modality: ``configured`` (checked against the program's inputs), else the defaults present,
+    else every input as text."""
+    inputs = user_input_nodes(ep)
+    if configured:
+        missing = sorted(set(configured) - set(inputs))
+        if missing:
+            raise ConfigError(f"QuantConfig.sources names {missing}, but the program's inputs are {sorted(inputs)}")
+        return dict(configured)
+    found = {name: mod for name, mod in DEFAULT_SOURCES.items() if name in inputs}
+    if not found:
+        log.info("no known modality inputs among %s; treating all inputs as text", sorted(inputs))
+        found = {name: "text" for name in inputs}
+    return found
+
+
+def text_source(ep: ExportedProgram, configured: Mapping[str, str]) -> fx.Node | None:
+    """The integer text input whose token ids mark each token's modality (None when there is none)."""
+    inputs = user_input_nodes(ep)
+    for name, modality in resolve_sources(ep, configured).items():
+        val = inputs[name].meta.get("val")
+        if modality == "text" and isinstance(val, torch.Tensor) and not val.is_floating_point():
+            return inputs[name]
+    return None
+
+
+def modality_id_steps(token_ids: Mapping[str, Sequence[int]]) -> list[tuple[int, int]]:
+    """The per-token modality rule as ``(token id, index into MODALITIES)`` steps, applied in order from all-text:
+    ``ids = where(tokens == token_id, index, ids)``. The graph (``insert_modality_ids``) and calibration
+    (:func:`token_modality_ids`) both build their ids from these steps."""
+    return [(int(value), MODALITIES.index(modality)) for modality, values in token_ids.items() for value in values]
+
+
+def token_modality_ids(tokens: torch.Tensor, token_ids: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """Per-token index into MODALITIES, eagerly, with the same aten ops the graph uses."""
+    ids = torch.ops.aten.zeros_like.default(tokens)
+    for value, index in modality_id_steps(token_ids):
+        ids = torch.ops.aten.where.ScalarSelf(torch.ops.aten.eq.Scalar(tokens, value), index, ids)
+    return ids
