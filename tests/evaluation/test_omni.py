@@ -8,6 +8,8 @@ from mqcompile.evaluation.omni import OmniTask
 from mqcompile.evaluation.speech import SENTENCES
 from mqcompile.models.mini_omni import REAL_SPEC
 
+pytestmark = pytest.mark.assets  # the Qwen2 tokenizer, the wiki text and the rendered scenes
+
 
 def test_scenes_are_seeded_and_match_their_facts():
     a, facts = omni_data.scenes(8, 5, 224)

