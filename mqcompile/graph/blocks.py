@@ -22,6 +22,8 @@ from typing import Any
 
 import torch.fx as fx
 
+from .interpret import NodeInterpreter
+
 __all__ = ["Segment", "block_key", "segments", "run_segment"]
 
 _INLINE = object()  # a node recorded under the root module only: belongs to the segment it follows
@@ -74,18 +76,6 @@ def segments(graph: fx.Graph) -> list[Segment]:
     return out
 
 
-class _Runner(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, linear: LinearFn | None, replace: Callable[[fx.Node], bool]):
-        super().__init__(gm, garbage_collect_values=False)
-        self._linear, self._replace = linear, replace
-
-    def run_node(self, n: fx.Node) -> Any:
-        if self._linear is not None and self._replace(n):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            return self._linear(n, *args, **kwargs)
-        return super().run_node(n)
-
-
 def run_segment(
     gm: fx.GraphModule,
     seg: Segment,
@@ -100,7 +90,7 @@ def run_segment(
     ``linear(node, *args, **kwargs)`` computes each node ``replace`` selects instead of the node's own op (a
     quantized stand-in for ``aten.linear``). Gradients flow when the inputs or the stand-in's parameters need them.
     """
-    runner = _Runner(gm, linear, replace)
+    runner = NodeInterpreter(gm, replace=replace, stand_in=linear, garbage_collect_values=False)
     runner.env = {n: values[n] for n in seg.inputs}
     for node in seg.nodes:
         runner.env[node] = runner.run_node(node)

@@ -1,7 +1,8 @@
-"""Run an ExportedProgram node by node (``torch.fx.Interpreter``) and observe chosen nodes.
+"""Run an ExportedProgram node by node (``torch.fx.Interpreter``), observing chosen nodes or standing in for them.
 
-Used by calibration (statistics of linear inputs) and by the evaluation suite (per-linear output SQNR). Runs the
-lifted graph directly, feeding parameters, buffers and constants in signature order, so node names and meta are the
+:class:`NodeInterpreter` is the one interpreter: calibration and the evaluation suite observe linears with it
+(:func:`run_observed`), the block runner (:mod:`.blocks`) replaces them with quantized stand-ins. Runs the lifted
+graph directly, feeding parameters, buffers and constants in signature order, so node names and meta are the
 program's own.
 """
 
@@ -17,7 +18,7 @@ from torch.export import ExportedProgram
 from torch.export._tree_utils import reorder_kwargs
 from torch.export.graph_signature import InputKind
 
-__all__ = ["run_observed", "flat_inputs"]
+__all__ = ["NodeInterpreter", "run_observed", "flat_inputs"]
 
 Observer = Callable[[fx.Node, tuple, Any], None]
 
@@ -36,16 +37,35 @@ def flat_inputs(ep: ExportedProgram, args: tuple, kwargs: dict) -> list[Any]:
     return values
 
 
-class _Observing(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, want: Callable[[fx.Node], bool], observe: Observer):
-        super().__init__(gm)
-        self._want, self._observe = want, observe
+def _never(node: fx.Node) -> bool:
+    return False
+
+
+class NodeInterpreter(fx.Interpreter):
+    """``fx.Interpreter`` that computes the nodes ``replace`` selects with ``stand_in(node, *args, **kwargs)``
+    instead of their own op, and calls ``observe(node, evaluated_args, output)`` for the nodes ``want`` selects."""
+
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        *,
+        want: Callable[[fx.Node], bool] = _never,
+        observe: Observer | None = None,
+        replace: Callable[[fx.Node], bool] = _never,
+        stand_in: Callable[..., Any] | None = None,
+        garbage_collect_values: bool = True,
+    ):
+        super().__init__(gm, garbage_collect_values=garbage_collect_values)
+        self._want, self._observe, self._replace, self._stand_in = want, observe, replace, stand_in
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if self._want(n):
-            args = fx.node.map_arg(n.args, lambda a: self.env[a])
-            self._observe(n, args, out)
+        if self._stand_in is not None and self._replace(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = self._stand_in(n, *args, **kwargs)
+        else:
+            out = super().run_node(n)
+        if self._observe is not None and self._want(n):
+            self._observe(n, fx.node.map_arg(n.args, lambda a: self.env[a]), out)
         return out
 
 
@@ -54,4 +74,4 @@ def run_observed(
     ep: ExportedProgram, args: tuple, kwargs: dict, want: Callable[[fx.Node], bool], observe: Observer
 ) -> Any:
     """Run ``ep`` on one batch, calling ``observe(node, evaluated_args, output)`` for every node ``want`` selects."""
-    return _Observing(ep.graph_module, want, observe).run(*flat_inputs(ep, args, kwargs))
+    return NodeInterpreter(ep.graph_module, want=want, observe=observe).run(*flat_inputs(ep, args, kwargs))
