@@ -6,14 +6,13 @@ from mqcompile.calibration import collect
 from mqcompile.errors import CalibrationError
 from mqcompile.graph import meta
 from mqcompile.graph.linears import token_modality_ids
-from mqcompile.passes import PassContext, find_linears, tag_modality
+from mqcompile.passes import PassContext
+from mqcompile.pipeline import run_pipeline
 from tests.conftest import AUDIO_TOKEN, TOY_CONFIG, VISION_TOKEN, toy_inputs
 
 
 def _analysed(ep, config=TOY_CONFIG):
-    ctx = PassContext(config)
-    find_linears.run(ep, ctx)
-    tag_modality.run(ep, ctx)
+    run_pipeline(ep, PassContext(config), progress=False, until="tag_modality")
     return ep
 
 

@@ -63,7 +63,8 @@ def tiny_models():
 
 def real_models():
     try:
-        from mqcompile.models.dinov2 import export_dinov2, load_dinov2_small
+        from mqcompile.evaluation.checkpoints.dinov2 import load_dinov2_small
+        from mqcompile.models.dinov2 import export_dinov2
 
         dinov2 = load_dinov2_small()
         pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -71,7 +72,8 @@ def real_models():
     except Exception as exc:  # missing assets / extras: skip, say why
         log.warning("DINOv2 skipped: %s", exc)
     try:
-        from mqcompile.models.whisper import export_whisper_encoder, load_whisper_base
+        from mqcompile.evaluation.checkpoints.whisper import load_whisper_base
+        from mqcompile.models.whisper import export_whisper_encoder
     except ImportError:
         log.warning("Whisper skipped: mqcompile.models.whisper is not available")
         return

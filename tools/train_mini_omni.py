@@ -201,7 +201,7 @@ def main() -> None:
     model = build_mini_omni(projectors=None)
     from transformers import AutoTokenizer
 
-    from mqcompile.models.qwen2_text import CACHE_NAME
+    from mqcompile.evaluation.checkpoints.qwen2_text import CACHE_NAME
 
     tokenizer = AutoTokenizer.from_pretrained(cache_dir("models") / CACHE_NAME)
     torch.manual_seed(args.seed)

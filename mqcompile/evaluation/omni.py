@@ -97,7 +97,7 @@ class OmniTask:
             from transformers import AutoTokenizer
 
             from ..assets import cache_dir
-            from ..models.qwen2_text import CACHE_NAME, load_qwen2_text
+            from .checkpoints.qwen2_text import CACHE_NAME, load_qwen2_text
 
             folder = cache_dir("models") / CACHE_NAME
             if not (folder / "tokenizer.json").is_file():

@@ -454,7 +454,7 @@ class SpeechTask:
     # ------------------------------------------------------------------------------------------------------ data
     def _load_model(self):
         if self._model is None:
-            from mqcompile.models.whisper import load_whisper_base
+            from mqcompile.evaluation.checkpoints.whisper import load_whisper_base
 
             self._model = load_whisper_base()
         return self._model
@@ -478,7 +478,8 @@ class SpeechTask:
     def programs(self) -> dict[str, ProgramSpec]:
         if self._programs is not None:
             return self._programs
-        from mqcompile.models.whisper import EOT_ID, PROMPT_IDS, export_whisper_decoder, export_whisper_encoder
+        from mqcompile.evaluation.checkpoints.whisper import EOT_ID, PROMPT_IDS
+        from mqcompile.models.whisper import export_whisper_decoder, export_whisper_encoder
 
         start = time.perf_counter()
         model, _ = self._load_model()
@@ -524,7 +525,7 @@ class SpeechTask:
     # ------------------------------------------------------------------------------------------------ evaluation
     def transcribe(self, modules: Mapping[str, Callable[..., Any]]) -> list[str]:
         """Greedy transcripts of the evaluation clips; timings of the call land in :attr:`last_timing`."""
-        from mqcompile.models.whisper import EOT_ID, PROMPT_IDS
+        from mqcompile.evaluation.checkpoints.whisper import EOT_ID, PROMPT_IDS
 
         tokenizer = self._load_model()[1]
         ev = self._split("eval")

@@ -351,7 +351,7 @@ class TextLMTask:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from ..models.qwen2_text import CACHE_NAME, load_qwen2_text
+            from .checkpoints.qwen2_text import CACHE_NAME, load_qwen2_text
 
             folder = cache_dir("models") / CACHE_NAME
             if (folder / "tokenizer.json").is_file():
@@ -442,7 +442,8 @@ class TextLMTask:
     # ---- Task protocol -------------------------------------------------------------------------------------------
 
     def programs(self) -> dict[str, ProgramSpec]:
-        from ..models.qwen2_text import export_causal_lm, load_qwen2_text
+        from ..models.qwen2_text import export_causal_lm
+        from .checkpoints.qwen2_text import load_qwen2_text
 
         data = self.data()
         model, tokenizer = load_qwen2_text()

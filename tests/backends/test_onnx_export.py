@@ -375,7 +375,8 @@ def test_dynamic_shape_errors_say_what_to_do(toy_rtn, tmp_path, monkeypatch):
 
 
 def _real_dinov2():
-    from mqcompile.models.dinov2 import export_dinov2, load_dinov2_small
+    from mqcompile.evaluation.checkpoints.dinov2 import load_dinov2_small
+    from mqcompile.models.dinov2 import export_dinov2
 
     model = load_dinov2_small()
     x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
@@ -383,7 +384,8 @@ def _real_dinov2():
 
 
 def _real_whisper():
-    from mqcompile.models.whisper import export_whisper_encoder, load_whisper_base
+    from mqcompile.evaluation.checkpoints.whisper import load_whisper_base
+    from mqcompile.models.whisper import export_whisper_encoder
 
     model, _ = load_whisper_base()
     frames = 2 * model.config.max_source_positions  # the encoder's fixed 30 s window

@@ -7,15 +7,13 @@ import mqcompile
 from mqcompile import CalibrationError, QuantConfig, recipes
 from mqcompile.calibration import collect
 from mqcompile.graph.export import copy_program
-from mqcompile.passes import PassContext, find_linears, tag_modality
+from mqcompile.passes import PassContext
 from mqcompile.pipeline import run_pipeline
 from tests.conftest import TOY_CONFIG, Toy, toy_inputs
 
 
 def _analysed(ep):
-    ctx = PassContext(TOY_CONFIG)
-    find_linears.run(ep, ctx)
-    tag_modality.run(ep, ctx)
+    run_pipeline(ep, PassContext(TOY_CONFIG), progress=False, until="tag_modality")
     return ep
 
 

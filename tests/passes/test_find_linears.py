@@ -1,6 +1,7 @@
 import torch
 
 from mqcompile.graph import meta
+from mqcompile.graph.linears import linear_nodes
 from mqcompile.passes import PassContext, find_linears
 from tests.conftest import TOY_CONFIG
 
@@ -9,7 +10,7 @@ def test_marks_every_linear_with_shape_and_name(toy):
     _, _, ep = toy
     result = find_linears.run(ep, PassContext(TOY_CONFIG))
     assert result.counts == {"linears": 5, "dynamic_weight": 0}
-    infos = {meta.get(n)["name"]: meta.get(n) for n in find_linears.linear_nodes(ep.graph)}
+    infos = {meta.get(n)["name"]: meta.get(n) for n in linear_nodes(ep.graph)}
     assert set(infos) == {"v", "a", "d1", "d2", "lm_head"}
     assert infos["v"]["in_features"] == 12 and infos["v"]["out_features"] == 16
     assert infos["lm_head"]["has_bias"] is False and infos["d1"]["has_bias"] is True

@@ -2,15 +2,15 @@ import torch
 
 from mqcompile import QuantConfig
 from mqcompile.graph import meta
-from mqcompile.passes import PassContext, find_linears, insert_modality_ids, select_schemes, tag_modality
+from mqcompile.graph.linears import linear_nodes
+from mqcompile.passes import PassContext
+from mqcompile.pipeline import run_pipeline
 from tests.conftest import AUDIO_TOKEN, TOY_CONFIG, VISION_TOKEN
 
 
 def _run(ep, config):
-    ctx = PassContext(config)
-    for p in (find_linears, tag_modality, select_schemes):
-        p.run(ep, ctx)
-    return insert_modality_ids.run(ep, ctx).counts
+    _, report = run_pipeline(ep, PassContext(config), progress=False, until="insert_modality_ids")
+    return report["insert_modality_ids"]
 
 
 def _ids_node(ep):
@@ -22,7 +22,7 @@ def test_routes_fused_linears_and_computes_ids(toy):
     counts = _run(ep, TOY_CONFIG)
     assert counts == {"fused_quantized": 2, "routed": 2, "shared": 0, "id_nodes": 1}
     ids_node = _ids_node(ep)
-    routed = [meta.get(n).get("modality_ids") for n in find_linears.linear_nodes(ep.graph)]
+    routed = [meta.get(n).get("modality_ids") for n in linear_nodes(ep.graph)]
     assert routed.count(ids_node.name) == 2
     # evaluate the inserted subgraph: it must mark vision/audio placeholder tokens
     output = ep.graph.find_nodes(op="output")[0]

@@ -2,14 +2,8 @@ import torch
 
 from mqcompile import QuantConfig
 from mqcompile.graph import meta
-from mqcompile.passes import (
-    PassContext,
-    find_linears,
-    insert_modality_ids,
-    rewrite_linears,
-    select_schemes,
-    tag_modality,
-)
+from mqcompile.passes import PassContext, rewrite_linears
+from mqcompile.pipeline import run_pipeline
 from tests.conftest import TOY_CONFIG
 
 ops = torch.ops.mqcompile
@@ -17,8 +11,7 @@ ops = torch.ops.mqcompile
 
 def _rewrite(ep, config):
     ctx = PassContext(config)
-    for p in (find_linears, tag_modality, select_schemes, insert_modality_ids):
-        p.run(ep, ctx)
+    ep, _ = run_pipeline(ep, ctx, progress=False, until="insert_modality_ids")
     return rewrite_linears.run(ep, ctx)
 
 

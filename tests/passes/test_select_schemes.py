@@ -1,14 +1,13 @@
 from mqcompile import QuantConfig
 from mqcompile.graph import meta
-from mqcompile.passes import PassContext, find_linears, select_schemes, tag_modality
+from mqcompile.graph.linears import linear_nodes
+from mqcompile.passes import PassContext
+from mqcompile.pipeline import run_pipeline
 
 
 def _schemes(ep, config):
-    ctx = PassContext(config)
-    for p in (find_linears, tag_modality):
-        p.run(ep, ctx)
-    counts = select_schemes.run(ep, ctx).counts
-    return {meta.get(n)["name"]: meta.get(n)["scheme"] for n in find_linears.linear_nodes(ep.graph)}, counts
+    _, report = run_pipeline(ep, PassContext(config), progress=False, until="select_schemes")
+    return {meta.get(n)["name"]: meta.get(n)["scheme"] for n in linear_nodes(ep.graph)}, report["select_schemes"]
 
 
 def test_default_w4a4_with_float_head(toy):

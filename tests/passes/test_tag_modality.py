@@ -2,15 +2,15 @@ import torch
 
 from mqcompile import QuantConfig
 from mqcompile.graph import meta
-from mqcompile.passes import PassContext, find_linears, tag_modality
+from mqcompile.graph.linears import linear_nodes
+from mqcompile.passes import PassContext
+from mqcompile.pipeline import run_pipeline
 from tests.conftest import TOY_CONFIG
 
 
 def _tags(ep, config):
-    ctx = PassContext(config)
-    find_linears.run(ep, ctx)
-    counts = tag_modality.run(ep, ctx).counts
-    return {meta.get(n)["name"]: meta.get(n) for n in find_linears.linear_nodes(ep.graph)}, counts
+    _, report = run_pipeline(ep, PassContext(config), progress=False, until="tag_modality")
+    return {meta.get(n)["name"]: meta.get(n) for n in linear_nodes(ep.graph)}, report["tag_modality"]
 
 
 def test_toy_tags_follow_data_flow_through_in_place_writes(toy):
@@ -47,14 +47,14 @@ def test_tags_survive_save_load(toy, tmp_path):
     _tags(ep, TOY_CONFIG)
     torch.export.save(ep, tmp_path / "p.pt2")
     loaded = torch.export.load(tmp_path / "p.pt2")
-    names = {meta.get(n)["name"]: meta.get(n)["modality"] for n in find_linears.linear_nodes(loaded.graph)}
+    names = {meta.get(n)["name"]: meta.get(n)["modality"] for n in linear_nodes(loaded.graph)}
     assert names["v"] == "vision" and names["d2"] == "fused"
 
 
 def test_thinker_every_tower_linear_tagged_by_data_flow(thinker_ep, thinker_config):
     tags, counts = _tags(thinker_ep, thinker_config)
     assert counts["by_module_path"] == 0 and counts["text"] == 0
-    for node in find_linears.linear_nodes(thinker_ep.graph):
+    for node in linear_nodes(thinker_ep.graph):
         info = meta.get(node)
         stack = " ".join(str(v[0]) for v in node.meta["nn_module_stack"].values())
         if "visual" in stack:
