@@ -5,20 +5,8 @@ import pytest
 import torch
 
 from mqcompile.errors import CalibrationError
-from mqcompile.evaluation.checkpoints.dinov2 import dinov2_small_config
 from mqcompile.models.dinov2 import export_dinov2
-
-
-def tiny_model(seed=0):
-    from transformers import Dinov2Model
-
-    torch.manual_seed(seed)
-    config = dinov2_small_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=70)
-    model = Dinov2Model(config).eval()
-    with torch.no_grad():  # make every parameter distinctive (layer scales and norms start at constants)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+from tests.tiny_models import tiny_dinov2 as tiny_model
 
 
 def test_export_keeps_linears_and_matches_hf_with_dynamic_batch():

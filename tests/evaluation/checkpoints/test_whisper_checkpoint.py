@@ -13,6 +13,7 @@ import torch
 
 from mqcompile.errors import CheckpointError
 from mqcompile.evaluation.checkpoints import whisper
+from tests.tiny_models import tiny_whisper
 
 TOKENIZER = {"added_tokens": [{"id": 94, "content": "<|endoftext|>"}, {"id": 95, "content": "<|startoftranscript|>"}]}
 _CODES = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3}
@@ -101,40 +102,6 @@ def to_ct2(model, dtype=np.float16) -> dict[str, np.ndarray]:
             linear(f"{src}.fc2", f"{dst}/ffn/linear_1")
             norm(f"{src}.final_layer_norm", f"{dst}/ffn/layer_norm")
     return v
-
-
-def tiny_whisper(seed: int = 0):
-    """A tiny random Whisper (float32, eval, eager): d_model 64, 2+2 layers, 32 mel frames, 96-token vocabulary (the
-    same model as ``tests/models/test_whisper.py``'s)."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    config = WhisperConfig(
-        vocab_size=96,
-        num_mel_bins=8,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=16,
-        max_target_positions=32,
-        pad_token_id=94,
-        bos_token_id=94,
-        eos_token_id=94,
-        decoder_start_token_id=95,
-    )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        model = WhisperForConditionalGeneration._from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,50 @@
+"""Tiny random models shared by the adapter tests and the checkpoint-converter tests (not a test module)."""
+
+import torch
+
+
+def tiny_whisper(seed: int = 0):
+    """A tiny random Whisper (float32, eval, eager): d_model 64, 2+2 layers, 32 mel frames, 96-token vocabulary."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=96,
+        num_mel_bins=8,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=16,
+        max_target_positions=32,
+        pad_token_id=94,
+        bos_token_id=94,
+        eos_token_id=94,
+        decoder_start_token_id=95,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        model = WhisperForConditionalGeneration._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def tiny_dinov2(seed=0):
+    from transformers import Dinov2Model
+
+    from mqcompile.evaluation.checkpoints.dinov2 import dinov2_small_config
+
+    torch.manual_seed(seed)
+    config = dinov2_small_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=70)
+    model = Dinov2Model(config).eval()
+    with torch.no_grad():  # make every parameter distinctive (layer scales and norms start at constants)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
