@@ -12,7 +12,8 @@ from ..graph import meta
 from ..graph.export import copy_program
 from ..graph.interpret import run_observed
 from ..metrics import sqnr_db
-from ..passes import PassContext, find_linears, tag_modality
+from ..passes import PassContext
+from ..pipeline import run_pipeline
 
 __all__ = ["layer_sqnr", "by_modality"]
 
@@ -30,9 +31,7 @@ def layer_sqnr(
     ``token_groups`` (name -> bool mask over the batch's tokens): a linear whose output rows have the mask's shape
     also gets ``{"<name>@<group>": ("<path>/<group>", SQNR of those rows)}`` (a group with no tokens is left out)."""
     ref_ep = copy_program(float_ep)
-    ctx = PassContext(config or QuantConfig())
-    find_linears.run(ref_ep, ctx)
-    tag_modality.run(ref_ep, ctx)
+    ref_ep, _ = run_pipeline(ref_ep, PassContext(config or QuantConfig()), progress=False, until="tag_modality")
     ref: dict[str, torch.Tensor] = {}
     run_observed(ref_ep, (), batch, meta.is_linear_output, lambda n, a, out: ref.__setitem__(meta.get(n)["name"], out))
     result: dict[str, tuple[str, float]] = {}
