@@ -18,6 +18,7 @@ import torch
 from torch.export import ExportedProgram
 
 from . import kernels  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
+from .archive import check_archive
 from .config import QuantConfig
 from .errors import ProgramFileError
 from .graph import meta
@@ -87,11 +88,14 @@ class QuantizedProgram:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantizedProgram:
-        """Read a file written by :meth:`save`; raises ProgramFileError for anything else."""
+        """Read a file written by :meth:`save`; raises ProgramFileError for anything else, and refuses (without
+        running anything from it) an archive that would make ``torch.export.load`` unpickle more than tensors
+        (:func:`mqcompile.archive.check_archive`)."""
         if not os.path.isfile(path):
             raise ProgramFileError(f"{path}: no such file; pass the path given to QuantizedProgram.save")
         if not zipfile.is_zipfile(path):
             raise ProgramFileError(f"{path}: not a saved QuantizedProgram (not a .pt2 archive)")
+        check_archive(path)
         extra = {_EXTRA: ""}
         try:
             ep = torch.export.load(path, extra_files=extra)
