@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch.export import ExportedProgram
 
+from . import recipes
 from .config import QuantConfig
-from .errors import CalibrationError, NonFiniteError, UnsupportedProgramError
+from .errors import CalibrationError, ConfigError, NonFiniteError, UnsupportedProgramError
 from .graph.export import copy_program, user_input_nodes
 from .passes import PassContext
 from .pipeline import run_pipeline
@@ -75,7 +76,7 @@ def check_inputs(ep: ExportedProgram, batch, where: str = "input") -> tuple[tupl
 
 def quantize(
     ep: ExportedProgram,
-    config: QuantConfig | None = None,
+    config: QuantConfig | tuple | None = None,
     calibration: Iterable | None = None,
     *,
     example_inputs: tuple[tuple, dict] | None = None,
@@ -86,7 +87,9 @@ def quantize(
     Args:
         ep: a ``torch.export.ExportedProgram`` with ``aten.linear`` nodes (e.g. from
             :func:`mqcompile.models.export_thinker`). Not modified.
-        config: what to quantize and how; default W4A4 round-to-nearest, output head float.
+        config: what to quantize and how (a :class:`QuantConfig`, or a bare recipe such as
+            ``mqcompile.recipes.MORPHOQUANT`` with the default targeting); default W4A4 round-to-nearest, output head
+            float.
         calibration: batches (kwargs dicts or ``(args, kwargs)``) for methods that calibrate; validated against the
             program. Round-to-nearest does not need any.
         example_inputs: ``(args, kwargs)`` for re-export when ``ep`` carries none.
@@ -101,7 +104,14 @@ def quantize(
         >>> qp.module()(torch.randn(4, 64)).shape
         torch.Size([4, 32])
     """
-    config = config or QuantConfig()
+    config = QuantConfig() if config is None else config
+    if isinstance(config, tuple) and all(isinstance(a, recipes.Algorithm) for a in config):
+        config = QuantConfig(algorithms=config)  # a bare recipe: default targeting (W4A4, output head float)
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(
+            f"mqcompile.quantize takes a mqcompile.QuantConfig (e.g. QuantConfig(default='w4a4')) or a recipe such "
+            f"as mqcompile.recipes.MORPHOQUANT, got {type(config).__name__} {config!r:.60}"
+        )
     if not isinstance(ep, ExportedProgram):
         from .passes.check_program import run as check
 
@@ -110,7 +120,12 @@ def quantize(
     if calibration is not None:
         batches = [check_inputs(ep, b, where=f"calibration batch {i}") for i, b in enumerate(calibration)]
         if not config.needs_calibration:
-            log.info("%d calibration batches validated (recipe %s does not use them)", len(batches), config.recipe)
+            log.warning(
+                "%d calibration batches given, but recipe %s uses none (round to nearest); pass a calibrated recipe "
+                "such as QuantConfig(algorithms=mqcompile.recipes.MORPHOQUANT) to use them",
+                len(batches),
+                config.recipe,
+            )
     if example_inputs is not None:
         example_inputs = check_inputs(ep, example_inputs, where="example_inputs")
     ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches, progress=progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -165,6 +166,24 @@ def _v1_algorithms(data: Mapping) -> tuple[recipes.Algorithm, ...]:
     return recipes.normalize(algos)
 
 
+def _patterns(name: str, value, example: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(f"QuantConfig.{name} must be a tuple of name patterns such as {example}, got {value!r}")
+    return tuple(value)
+
+
+def _pairs(value) -> tuple[tuple[str, str], ...]:
+    ok = isinstance(value, (tuple, list)) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value
+    )
+    if not ok:
+        raise ConfigError(
+            f"QuantConfig.overrides must be a tuple of (pattern, scheme) pairs, e.g. (('*.fc1', 'w8a8'),), "
+            f"got {value!r}"
+        )
+    return tuple((p, s) for p, s in value)
+
+
 def _check_plain_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"QuantConfig.{name} must be an integer >= {low}, got {value!r}")
@@ -213,10 +232,20 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.version != 2:
+            newer = isinstance(self.version, int) and self.version > 2
             raise ConfigError(
-                f"QuantConfig version {self.version} is not supported by this mqcompile (expects 2; version 1 files "
-                "load through QuantConfig.from_json)"
+                f"QuantConfig version {self.version!r} is not supported by this mqcompile (it reads 2, and version 1 "
+                "files through QuantConfig.from_json)"
+                + ("; it was written by a newer mqcompile: upgrade" if newer else "")
             )
+        for name in ("default",):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(
+                    f"QuantConfig.{name} must be a scheme name such as 'w4a4', got {getattr(self, name)!r}"
+                )
+        for name in ("modality", "modality_token_ids", "sources"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"QuantConfig.{name} must be a mapping, got {getattr(self, name)!r}")
         object.__setattr__(self, "algorithms", recipes.normalize(self.algorithms))
         _check_plain_int("reservoir_tokens", self.reservoir_tokens, 1)
         _check_plain_int("seed", self.seed, 0)
@@ -228,17 +257,24 @@ class QuantConfig:
                 raise ConfigError(f"unknown modality {key!r} in QuantConfig.modality; choose from {list(PATHS)}")
             scheme(value)
         object.__setattr__(self, "modality", _frozen_mapping(self.modality))
-        overrides = tuple((str(p), str(s)) for p, s in self.overrides)
+        overrides = _pairs(self.overrides)
         for _, name in overrides:
             scheme(name)
         object.__setattr__(self, "overrides", overrides)
-        object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        if self.weight_group_size is not None and (self.weight_group_size < 2 or self.weight_group_size % 2):
+        object.__setattr__(self, "keep_float", _patterns("keep_float", self.keep_float, "('lm_head', '*.fc2')"))
+        group = self.weight_group_size
+        bad_group = group is not None and (isinstance(group, bool) or not isinstance(group, int))
+        if bad_group or (group is not None and (group < 2 or group % 2)):
             raise ConfigError(f"weight_group_size must be an even integer >= 2 or None, got {self.weight_group_size}")
         ids = {}
         for key, value in dict(self.modality_token_ids).items():
             if key not in MODALITIES or key == "text":
                 raise ConfigError(f"modality_token_ids keys must be 'vision' or 'audio', got {key!r}")
+            is_id = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+            if isinstance(value, (str, numbers.Integral)) or not all(is_id(v) for v in value):
+                raise ConfigError(
+                    f"modality_token_ids[{key!r}] must be a tuple of token ids such as (151655,), got {value!r}"
+                )
             ids[key] = tuple(int(v) for v in value)
         object.__setattr__(self, "modality_token_ids", MappingProxyType(ids))
         for key, value in dict(self.sources).items():
@@ -311,4 +347,10 @@ class QuantConfig:
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"not a QuantConfig JSON text ({exc}); write one with QuantConfig.to_json()") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a QuantConfig JSON text is an object, got {type(data).__name__}")
+        return cls.from_dict(data)

@@ -54,3 +54,45 @@ def test_resolution_order():
     assert cfg.scheme_for("head", "audio").name == "float"
     assert cfg.scheme_for("dec.fc1", "audio").name == "w8a8"
     assert cfg.scheme_for("dec.fc1", "text").name == "w4a4"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # issue #15 case 4: each of these used to be accepted, silently wrong, or a raw TypeError
+        ({"keep_float": "fc2"}, r"keep_float must be a tuple of name patterns"),
+        ({"overrides": ("*.fc1", "w8a8")}, r"overrides must be a tuple of \(pattern, scheme\) pairs"),
+        ({"modality_token_ids": {"vision": 5}}, r"modality_token_ids\['vision'\] must be a tuple of token ids"),
+        ({"seed": "abc"}, r"seed must be an integer"),
+        ({"default": 4}, r"default must be a scheme name"),
+        ({"weight_group_size": True}, r"weight_group_size must be an even integer"),
+        ({"version": 7}, r"written by a newer mqcompile: upgrade"),
+    ],
+)
+def test_types_are_checked(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        QuantConfig(**kwargs)
+
+
+def test_json_errors_say_what_to_do():
+    with pytest.raises(ConfigError, match="not a QuantConfig JSON text"):
+        QuantConfig.from_json("w4a4")
+    with pytest.raises(ConfigError, match="is an object"):
+        QuantConfig.from_json("[1, 2]")
+
+
+def test_quantize_takes_a_config_or_a_recipe(toy, caplog):
+    import logging
+
+    import mqcompile
+    from mqcompile import recipes
+
+    _, kwargs, ep = toy
+    for bad in ("w4a4", {"default": "w4a4"}):
+        with pytest.raises(ConfigError, match="takes a mqcompile.QuantConfig"):
+            mqcompile.quantize(ep, bad, progress=False)
+    qp = mqcompile.quantize(ep, recipes.RTN + (recipes.Rotate(),), progress=False)
+    assert qp.config.algorithms == (recipes.Rotate(),)
+    with caplog.at_level(logging.WARNING):
+        mqcompile.quantize(ep, QuantConfig(overrides=(("*.fc9", "w8a8"),)), calibration=[kwargs], progress=False)
+    assert "pattern '*.fc9' matches no linear" in caplog.text
+    assert "calibration batches given, but recipe recipes.RTN uses none" in caplog.text

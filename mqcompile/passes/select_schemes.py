@@ -1,16 +1,19 @@
 """select_schemes: decide each linear's quantization scheme from the config.
 
 Needs: ``tag_modality``. Guarantees: each linear's meta has ``scheme`` (a key of ``mqcompile.config.SCHEMES``);
-linears whose weight is not known ahead of time (``weight == "dynamic"``) get ``float`` with a warning.
+linears whose weight is not known ahead of time (``weight == "dynamic"``) get ``float`` with a warning. An
+``overrides`` or (non-default) ``keep_float`` pattern that matches no linear is warned about with examples of the
+names there are: a typo there would otherwise silently quantize what was meant to be kept.
 """
 
 from __future__ import annotations
 
 import logging
+from fnmatch import fnmatchcase
 
 from torch.export import ExportedProgram
 
-from ..config import SCHEMES
+from ..config import SCHEMES, QuantConfig
 from ..graph import meta
 from ..graph.linears import linear_nodes
 from .base import PassContext, PassResult
@@ -22,6 +25,12 @@ log = logging.getLogger(__name__)
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts: dict[str, int] = {}
+    names = [meta.get(n)["name"] for n in linear_nodes(ep.graph)]
+    defaults = QuantConfig.__dataclass_fields__["keep_float"].default
+    patterns = [p for p, _ in ctx.config.overrides] + [p for p in ctx.config.keep_float if p not in defaults]
+    for pattern in patterns:
+        if names and not any(fnmatchcase(name, pattern) for name in names):
+            log.warning("pattern %r matches no linear (names look like %s)", pattern, names[:3])
     for node in linear_nodes(ep.graph):
         info = meta.get(node)
         chosen = ctx.config.scheme_for(info["name"], info["modality"])
