@@ -58,7 +58,7 @@ def quantize_act_kernel(
         amax = tl.maximum(amax, tl.abs(x))
     clip = tl.load(clip_ptr + m)
     scale = tl.div_rn(clip * tl.max(amax, axis=0), QMAX * 1.0)
-    scale = tl.where(scale > 0, scale, 1.0)
+    scale = tl.where(scale == 0, 1.0, scale)  # NaN/Inf stay: the output row shows them, as in float
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)

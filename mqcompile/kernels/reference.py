@@ -52,7 +52,8 @@ def quantize_act_ref(
 
     ``x~ = x - shift[m(t)]`` (``shift [M, K]`` = mask * center per modality, none: ``x~ = x``);
     ``s_t = clip[m(t)] * max_k |x~_tk| / qmax``; ``q = clamp(round(x~ / s_t), qmin, qmax)`` in int8 containers.
-    An all-zero token gets scale 1 (its codes are 0 either way). Returns (codes ``[..., K]`` int8,
+    An all-zero token gets scale 1 (its codes are 0 either way); a token with NaN/Inf keeps its NaN/Inf scale, so
+    the linear's output row is NaN/Inf as in float (garbage stays visible). Returns (codes ``[..., K]`` int8,
     scales ``[..., 1]`` fp32).
     """
     qmin, qmax = qrange(bits)
@@ -62,7 +63,7 @@ def quantize_act_ref(
         x32 = x32 - _token_rows(shift.float(), modality_ids, lead)
     amax = x32.abs().amax(dim=-1, keepdim=True)
     scale = _token_rows(clip.float()[:, None], modality_ids, lead) * amax / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.clamp(torch.round(x32 / scale), qmin, qmax).to(torch.int8)
     return q, scale
 

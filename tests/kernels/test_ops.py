@@ -49,6 +49,20 @@ def test_quantize_act_zero_token():
     assert s[0].item() == 1.0 and (q[0] == 0).all() and (q[1] == 7).all()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tokens_stay_visible_like_float(bad):
+    # issue #15 case 6: the scale guard used to turn a NaN scale into 1, so NaN in gave a finite output
+    x = _rand((4, 32))
+    x[2, 5] = bad
+    w = _rand((8, 32), seed=1)
+    codes, w_scale = ref.quantize_weight_ref(w, 4)
+    xq, xs = ops.quantize_act(x, torch.ones(1), None, 4)
+    y = ops.qlinear(xq, xs, pack_int4(codes), w_scale, None, 4, 0, 32, torch.float32)
+    y_float = x @ w.T
+    assert not torch.isfinite(y[2]).any() and not torch.isfinite(y_float[2]).any()
+    assert torch.isfinite(y[[0, 1, 3]]).all()
+
+
 @pytest.mark.parametrize("bits,group", [(4, 0), (4, 32), (8, 0)])
 def test_quantize_weight_reference(bits, group):
     w = _rand((12, 100))

@@ -6,7 +6,7 @@ Per quantized linear ``L`` (activation ``x [..., K]``, weight ``[N, K]``), numer
     x2 = Reshape(x, [-1, K])                       # tokens x K, fp32 (no Reshape when x is 2-D already)
     x2 = Sub(x2, shift)                            # DABC shift: a [K] row, or Gather(shift [M, K], ids) when routed
     s  = Div(Mul(clip, ReduceMax(Abs(x2))), qmax)  # per-token scale [T]; clip scalar (no Mul when 1) or Gather
-    s  = Where(s > 0, s, 1)
+    s  = Where(s == 0, 1, s)                       # NaN/Inf scales stay (as in the reference)
     xd = DequantizeLinear(QuantizeLinear(x2, s, axis=0, output_dtype=INT4), s, axis=0)
     y  = MatMul(xd, DequantizeLinear(L.qweight [K, N] INT4, L.w_scale))  # per-channel axis=1, or blocked axis=0
     y  = Add(Add(y, bias), Gather(comp [M, N], ids))                   # DABC compensation when routed
@@ -175,7 +175,7 @@ class _Lowerer:
         scale = self.op(qa, p, "Div", [amax, self.init(f"{name}.act_qmax", np.asarray(qmax, np.float32))])
         zero = self.init(f"{name}.zero", np.asarray(0.0, np.float32))
         one = self.init(f"{name}.one", np.asarray(1.0, np.float32))
-        scale = self.op(qa, p, "Where", [self.op(qa, p, "Greater", [scale, zero]), scale, one])
+        scale = self.op(qa, p, "Where", [self.op(qa, p, "Equal", [scale, zero]), one, scale])
         info = {"x": x, "x2": x2, "scale": scale, "ids_flat": ids_flat, "bits": bits, "k": k, "q": None, "xd": None}
         needs_codes = any(
             v.is_graph_output() or any(not (c.domain == DOMAIN and c.op_type == QLINEAR) for c in v.consumers())
