@@ -135,6 +135,10 @@ def quantize(
         program = ep
     report["bytes_before"] = _state_bytes(ep)
     report["bytes_after"] = _state_bytes(program)
+    # the online rotation blocks (fp32, one per input and block size) are activation-side, not weights
+    report["bytes_rotation"] = sum(
+        t.numel() * t.element_size() for name, t in program.state_dict.items() if name.endswith(".mq_rotation")
+    )
     if not math.isfinite(report["bytes_after"]):
         raise UnsupportedProgramError("internal: byte count is not finite")
     return QuantizedProgram(program, config, report)

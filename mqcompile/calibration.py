@@ -135,7 +135,9 @@ def collect(
     places = [n.name for n in ep.graph.nodes if n.op == "placeholder"]
     text_at = places.index(text_input) if text_input in places else None
 
-    for index, (args, kwargs) in enumerate(tqdm(batches, desc="calibrate", unit="batch", disable=not progress)):
+    for index, (args, kwargs) in enumerate(
+        tqdm(batches, desc="calibrate", unit="batch", disable=None if progress else True)
+    ):
         ids = None if text_at is None else flat_inputs(ep, args, kwargs)[text_at]
         per_token = token_modality_ids(ids, token_ids) if ids is not None and token_ids else None
 

@@ -40,7 +40,7 @@ def run_demo(out_dir: str, scheme: str = "w4a4", seed: int = 0, progress: bool =
     """
     from .models import build_tiny_thinker, export_thinker, make_sample, modality_token_ids
 
-    steps = tqdm(total=4, desc="demo", unit="step", disable=not progress)
+    steps = tqdm(total=4, desc="demo", unit="step", disable=None if progress else True)
     steps.set_postfix_str("build tiny thinker")
     model = build_tiny_thinker(seed=seed)
     sample = make_sample(model, seed=seed)
@@ -113,7 +113,7 @@ def run_omni_demo(progress: bool = True) -> dict:
     task = OmniTask(quick=True, sizes=OMNI_DEMO_SIZES)
     folder = cache_dir("demo")
     results, examples, spec = {}, {}, None
-    steps = tqdm(OMNI_DEMO_METHODS, desc="mini-omni demo", unit="method", disable=not progress)
+    steps = tqdm(OMNI_DEMO_METHODS, desc="mini-omni demo", unit="method", disable=None if progress else True)
     for method in steps:
         steps.set_postfix_str(method)
         overrides = METHODS[method]

@@ -113,8 +113,10 @@ def run_pipeline(
         passes = passes[: names.index(until) + 1]
     report: dict[str, dict] = {}
     ran: set[str] = set()
-    bar = tqdm(passes, desc="mqcompile", unit="pass", disable=not progress, leave=False)
-    for entry in bar:
+    running = [p for p in passes if p.when is None or p.when(ctx.config)]
+    # disable=None: tqdm draws only on a terminal (no escape codes in a piped log; -v logs each pass instead)
+    bar = tqdm(total=len(running), desc="mqcompile", unit="pass", disable=None if progress else True, leave=False)
+    for entry in passes:
         missing = [need for need in entry.needs if need not in report]
         if missing:
             raise PassError(f"pass {entry.name!r} needs {missing} to run before it; they are not in this pipeline")
@@ -132,7 +134,9 @@ def run_pipeline(
         ep = result.program
         report[entry.name] = result.counts
         ran.add(entry.name)
+        bar.update()
         log.info("pass %s: %s", entry.name, result.counts)
         if ctx.config.debug:
             _check(ep, entry.name)
+    bar.close()
     return ep, report

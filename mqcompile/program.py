@@ -79,6 +79,12 @@ class QuantizedProgram:
             lines.append(
                 f"weights+buffers: {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB ({after / before:.3f}x)"
             )
+            rotation = self.report.get("bytes_rotation", 0)
+            if rotation:
+                lines.append(
+                    f"  of which {rotation / 2**20:.2f} MiB are the online rotation blocks (shared per input); "
+                    f"without them {(after - rotation) / before:.3f}x"
+                )
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:

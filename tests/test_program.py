@@ -44,3 +44,15 @@ def test_load_rejects_other_files(toy, tmp_path):
 def test_thinker_save_load_bit_exact(thinker_qp, tiny_sample, tmp_path):
     thinker_qp.save(tmp_path / "t.pt2")
     _assert_same_program(thinker_qp, QuantizedProgram.load(tmp_path / "t.pt2"), tiny_sample)
+
+
+def test_summary_tells_rotation_blocks_from_weights():
+    # issue #15 case 7: a rotated MLP read 1.7x "bigger" because the fp32 rotation blocks counted as weights
+    from mqcompile import recipes
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    ep = torch.export.export(model, (torch.randn(4, 256),))
+    qp = mqcompile.quantize(ep, (recipes.Rotate(),), progress=False)
+    assert qp.report["bytes_rotation"] == 2 * 256 * 256 * 4
+    assert "of which 0.50 MiB are the online rotation blocks" in qp.summary()
+    assert "without them 0.13" in qp.summary()

@@ -52,7 +52,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     damp = ctx.config.algorithm(recipes.GPTQ).damp
     targets = placeholder_targets(ep)
     nodes = [n for n in linear_nodes(ep.graph) if SCHEMES[meta.get(n)["scheme"]].weight_bits is not None]
-    for node in tqdm(nodes, desc="gptq", unit="linear", disable=not ctx.progress, leave=False):
+    for node in tqdm(nodes, desc="gptq", unit="linear", disable=None if ctx.progress else True, leave=False):
         info = meta.get(node)
         name, bits = info["name"], SCHEMES[info["scheme"]].weight_bits
         plan = ctx.plan(name)

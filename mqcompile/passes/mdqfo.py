@@ -46,7 +46,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     cfg = ctx.config.algorithm(recipes.MDQFO)
     targets = placeholder_targets(ep)
     nodes = [n for n in linear_nodes(ep.graph) if act_quantized(n)]
-    for node in tqdm(nodes, desc="mdqfo", unit="linear", disable=not ctx.progress, leave=False):
+    for node in tqdm(nodes, desc="mdqfo", unit="linear", disable=None if ctx.progress else True, leave=False):
         info = meta.get(node)
         name = info["name"]
         weight = current_weight(ep, node, ctx.plans, targets)

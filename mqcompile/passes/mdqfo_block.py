@@ -187,7 +187,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
         return PassResult(ep, counts)
     blocks = _Blocks(ep, ctx)
     gen = torch.Generator().manual_seed(ctx.config.seed)
-    bar = tqdm(blocks.segments, desc="mdqfo-block", unit="segment", disable=not ctx.progress, leave=False)
+    bar = tqdm(blocks.segments, desc="mdqfo-block", unit="segment", disable=None if ctx.progress else True, leave=False)
     for i, seg in enumerate(bar):
         blocks.run_float(seg)
         tuned = [n for n in seg.nodes if n in blocks.quant and blocks.quant[n].a_bits is not None]
