@@ -112,9 +112,15 @@ class QuantizedProgram:
                 f"{path}: a torch.export archive but not a QuantizedProgram (no {_EXTRA}); "
                 "load it with torch.export.load, or quantize it with mqcompile.quantize"
             )
-        header = json.loads(extra[_EXTRA])
-        if header.get("format") != FORMAT_VERSION:
+        try:
+            header = json.loads(extra[_EXTRA])
+        except ValueError as exc:
             raise ProgramFileError(
-                f"{path}: written in mqcompile format {header.get('format')}, this version reads {FORMAT_VERSION}"
+                f"{path}: its {_EXTRA} header is not valid JSON ({exc}); the file is damaged"
+            ) from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+            found = header.get("format") if isinstance(header, dict) else header
+            raise ProgramFileError(
+                f"{path}: written in mqcompile format {found!r}, this version reads {FORMAT_VERSION}"
             )
         return cls(ep, QuantConfig.from_dict(header["config"]), header["report"])

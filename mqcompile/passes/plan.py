@@ -49,7 +49,9 @@ def current_weight(ep: ExportedProgram, node: fx.Node, plans: dict[str, LinearPl
     plan = plans.get(meta.get(node)["name"])
     if plan is not None and plan.weight is not None:
         return plan.weight
-    return ep.state_dict[targets[node.args[1].name][1]]
+    target = targets[node.args[1].name][1]
+    # a non-persistent buffer (register_buffer(..., persistent=False)) lives in the constants, not the state dict
+    return ep.state_dict[target] if target in ep.state_dict else ep.constants[target]
 
 
 def expected_modalities(node: fx.Node, token_ids) -> list[str] | None:

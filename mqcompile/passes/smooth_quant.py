@@ -20,6 +20,7 @@ from ..graph import meta
 from ..graph.export import placeholder_targets
 from ..graph.linears import linear_nodes
 from .base import PassContext, PassResult
+from .plan import current_weight
 
 __all__ = ["run", "smoothing_factors", "EMPTY"]
 
@@ -68,7 +69,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             groups.setdefault(node.args[0], []).append(node)
     for x, group in groups.items():
         names = [meta.get(n)["name"] for n in group]
-        weights = [ep.state_dict[targets[n.args[1].name][1]] for n in group]
+        weights = [current_weight(ep, n, ctx.plans, targets) for n in group]
         w_absmax = torch.stack([w.detach().float().abs().amax(0) for w in weights]).amax(0)
         s = smoothing_factors(ctx.stats[names[0]].merged_absmax(), w_absmax, alpha)
         for name, w in zip(names, weights):

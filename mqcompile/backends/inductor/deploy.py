@@ -225,6 +225,11 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     """
     # inference deployment (parameters without grad: AOTAutograd would otherwise trace a backward graph, and the
     # integer ops have no derivative), on tensors of its own so the program stays where and as it was
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedProgramError(
+            f"mqcompile.compile(device={str(device)!r}): this torch has no usable CUDA device "
+            f"(torch {torch.__version__}); compile for device='cpu', or run on a machine with a GPU and a CUDA build"
+        )
     module = detach_to(qp.module(), device)
     use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
     if use:

@@ -132,6 +132,9 @@ def _check_args(opset: int, variant: str) -> None:
             f"opset {opset!r} is too old: INT4 QuantizeLinear/DequantizeLinear and blocked weight scales need "
             f"opset >= {MIN_OPSET}; pass opset={MIN_OPSET}"
         )
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ConfigError(f"opset {opset} is newer than this onnx package knows ({newest}); pass opset={MIN_OPSET}")
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
 

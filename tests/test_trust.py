@@ -1,0 +1,54 @@
+"""Issue #15 (trust), case 5: plausible mistakes end in an MQCompileError that says what to do, not a raw exception
+from deep inside (each of these raised KeyError / JSONDecodeError / an onnxscript traceback / AssertionError)."""
+
+import zipfile
+
+import pytest
+import torch
+
+import mqcompile
+from mqcompile import ConfigError, ProgramFileError, QuantizedProgram, UnsupportedProgramError, recipes
+from tests.conftest import TOY_CONFIG
+
+
+class BufferWeight(torch.nn.Module):
+    """A linear whose weight is a non-persistent buffer (torch.export puts it in the constants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.randn(16, 32), persistent=False)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.w)
+
+
+def test_weight_in_a_non_persistent_buffer_quantizes_with_calibration():
+    model = BufferWeight().eval()
+    x = torch.randn(8, 32)
+    ep = torch.export.export(model, (x,))
+    qp = mqcompile.quantize(ep, recipes.SMOOTHQUANT, calibration=[(x,)], progress=False)
+    assert qp.report["smooth_quant"]["linears"] == 1
+    assert torch.nn.functional.cosine_similarity(qp.module()(x).flatten(), model(x).flatten(), dim=0) > 0.9
+
+
+def test_a_damaged_header_is_named(toy, tmp_path):
+    good, bad = tmp_path / "good.pt2", tmp_path / "bad.pt2"
+    mqcompile.quantize(toy[2], TOY_CONFIG, progress=False).save(good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, b"{not json" if info.filename.endswith("mqcompile.json") else zin.read(info.filename))
+    with pytest.raises(ProgramFileError, match="mqcompile.json header is not valid JSON"):
+        QuantizedProgram.load(bad)
+
+
+def test_onnx_opset_newer_than_onnx_knows(toy, tmp_path):
+    qp = mqcompile.quantize(toy[2], TOY_CONFIG, progress=False)
+    with pytest.raises(ConfigError, match="opset 99 is newer than this onnx package knows"):
+        mqcompile.export_onnx(qp, tmp_path / "m.onnx", opset=99)
+
+
+def test_compile_for_cuda_without_cuda(toy, monkeypatch):
+    qp = mqcompile.quantize(toy[2], TOY_CONFIG, progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only build
+    with pytest.raises(UnsupportedProgramError, match="no usable CUDA device"):
+        mqcompile.compile(qp, device="cuda")
