@@ -52,3 +52,11 @@ def test_compile_for_cuda_without_cuda(toy, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only build
     with pytest.raises(UnsupportedProgramError, match="no usable CUDA device"):
         mqcompile.compile(qp, device="cuda")
+
+
+def test_onnx_summary_says_a_non_w4a4_variant_differs_by_design(toy, tmp_path):
+    # issue #15 case 7: the w4a8int parity line (cosine ~0.97) did not say the 8-bit activations differ on purpose
+    qp = mqcompile.quantize(toy[2], TOY_CONFIG, progress=False)
+    report = mqcompile.export_onnx(qp, tmp_path / "m.onnx", variant="w4a8int")
+    assert "8-bit activations, so it is not bit-exact against the W4A4 program" in report.summary()
+    assert "on purpose" not in mqcompile.export_onnx(qp, tmp_path / "m4.onnx").summary()
