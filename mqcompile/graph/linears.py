@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_SOURCES",
     "linear_nodes",
     "act_quantized",
+    "base_name",
     "resolve_sources",
     "text_source",
     "modality_id_steps",
@@ -44,6 +45,12 @@ DEFAULT_SOURCES = {
 
 def linear_nodes(graph: fx.Graph) -> list[fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+
+
+def base_name(name: str) -> str:
+    """A linear's name without the ``#k`` that ``find_linears`` gives the k-th further use of a shared weight (the
+    name config patterns match)."""
+    return name.split("#", 1)[0]
 
 
 def act_quantized(node: fx.Node) -> bool:

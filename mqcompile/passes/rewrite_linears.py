@@ -53,6 +53,10 @@ def stored_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, name: str, value: torch.Tensor):
+    base, k = name, 0
+    while hasattr(owner, name):  # a second use of the same module (tied weight, module called twice): its own copy
+        k += 1
+        name = f"{base}_{k}"
     owner.register_buffer(name, value)
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
@@ -120,6 +124,7 @@ def _rewrite_one(
             meta.set_fields(qa, **info, op="quantize_act")
             op = "qlinear"
     meta.set_fields(new, **info, op=op, group_size=group)
+    new.meta["val"] = node.meta["val"]  # a later linear reading this one's output needs its shape (e.g. to rotate)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
 

@@ -15,7 +15,7 @@ from torch.export import ExportedProgram
 
 from ..config import SCHEMES, QuantConfig
 from ..graph import meta
-from ..graph.linears import linear_nodes
+from ..graph.linears import base_name, linear_nodes
 from .base import PassContext, PassResult
 
 __all__ = ["run"]
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts: dict[str, int] = {}
-    names = [meta.get(n)["name"] for n in linear_nodes(ep.graph)]
+    names = [base_name(meta.get(n)["name"]) for n in linear_nodes(ep.graph)]
     defaults = QuantConfig.__dataclass_fields__["keep_float"].default
     patterns = [p for p, _ in ctx.config.overrides] + [p for p in ctx.config.keep_float if p not in defaults]
     for pattern in patterns:
@@ -33,7 +33,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             log.warning("pattern %r matches no linear (names look like %s)", pattern, names[:3])
     for node in linear_nodes(ep.graph):
         info = meta.get(node)
-        chosen = ctx.config.scheme_for(info["name"], info["modality"])
+        chosen = ctx.config.scheme_for(base_name(info["name"]), info["modality"])
         if info["weight"] == "dynamic" and not chosen.is_float:
             log.warning("linear %s has a weight computed at run time; it stays float", info["name"])
             chosen = SCHEMES["float"]
