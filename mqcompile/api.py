@@ -13,6 +13,7 @@ from . import recipes
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError, NonFiniteError, UnsupportedProgramError
 from .graph.export import copy_program, user_input_nodes
+from .graph.linears import float_matmuls
 from .passes import PassContext
 from .pipeline import run_pipeline
 from .program import QuantizedProgram
@@ -128,11 +129,20 @@ def quantize(
             )
     if example_inputs is not None:
         example_inputs = check_inputs(ep, example_inputs, where="example_inputs")
+    unquantized = float_matmuls(ep)
+    if unquantized:
+        log.warning(
+            "%d matmul-like nodes with a constant weight are not aten.linear and stay float: %s; export with the "
+            "weights in nn.Linear modules and without run_decompositions() to quantize them",
+            len(unquantized),
+            ", ".join(unquantized[:5]) + (" ..." if len(unquantized) > 5 else ""),
+        )
     ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches, progress=progress)
     program, report = run_pipeline(copy_program(ep), ctx, progress=progress)
     if report["find_linears"]["linears"] == 0:
         log.warning("the program has no aten.linear nodes; returning it unchanged")
         program = ep
+    report["float_matmuls"] = unquantized
     report["bytes_before"] = _state_bytes(ep)
     report["bytes_after"] = _state_bytes(program)
     # the online rotation blocks (fp32, one per input and block size) are activation-side, not weights

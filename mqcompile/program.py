@@ -74,6 +74,13 @@ class QuantizedProgram:
             rows[(rec.modality, rec.scheme)] = rows.get((rec.modality, rec.scheme), 0) + 1
         lines = [f"{'modality':<10}{'scheme':<8}{'linears':>8}"]
         lines += [f"{m:<10}{s:<8}{n:>8}" for (m, s), n in sorted(rows.items())]
+        unquantized = self.report.get("float_matmuls") or []
+        if unquantized:
+            lines.append(
+                f"{len(unquantized)} matmul-like nodes with constant weights left float (not aten.linear): "
+                + ", ".join(unquantized[:3])
+                + (" ..." if len(unquantized) > 3 else "")
+            )
         before, after = self.report.get("bytes_before"), self.report.get("bytes_after")
         if before and after:
             lines.append(

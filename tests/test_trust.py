@@ -60,3 +60,38 @@ def test_onnx_summary_says_a_non_w4a4_variant_differs_by_design(toy, tmp_path):
     report = mqcompile.export_onnx(qp, tmp_path / "m.onnx", variant="w4a8int")
     assert "8-bit activations, so it is not bit-exact against the W4A4 program" in report.summary()
     assert "on purpose" not in mqcompile.export_onnx(qp, tmp_path / "m4.onnx").summary()
+
+
+class Conv1D(torch.nn.Module):
+    """GPT-2's Conv1D: ``addmm(bias, x, W)`` with ``W [in, out]``, which exports as ``aten.addmm``."""
+
+    def __init__(self, nx, nf):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf))
+        self.bias = torch.nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight)
+
+
+class MatmulLinears(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = Conv1D(16, 32)
+        self.w = torch.nn.Parameter(torch.randn(32, 8))
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.c(x) @ self.w)
+
+
+def test_linears_that_are_not_aten_linear_are_named(caplog):
+    # issue #15 case 3 (the part done): they used to be skipped without a word ("text float 1, 1.000x")
+    import logging
+
+    ep = torch.export.export(MatmulLinears(), (torch.randn(4, 16),))
+    with caplog.at_level(logging.WARNING):
+        qp = mqcompile.quantize(ep, progress=False)
+    assert "2 matmul-like nodes with a constant weight are not aten.linear and stay float" in caplog.text
+    assert qp.report["float_matmuls"] == ["addmm (addmm.default, weight c.weight)", "matmul (matmul.default, weight w)"]
+    assert "2 matmul-like nodes with constant weights left float" in qp.summary()

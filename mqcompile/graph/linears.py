@@ -17,13 +17,14 @@ from torch.export import ExportedProgram
 from ..config import MODALITIES, SCHEMES
 from ..errors import ConfigError
 from . import meta
-from .export import user_input_nodes
+from .export import placeholder_targets, user_input_nodes
 
 __all__ = [
     "DEFAULT_SOURCES",
     "linear_nodes",
     "act_quantized",
     "base_name",
+    "float_matmuls",
     "resolve_sources",
     "text_source",
     "modality_id_steps",
@@ -45,6 +46,34 @@ DEFAULT_SOURCES = {
 
 def linear_nodes(graph: fx.Graph) -> list[fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+
+
+# matmul-like ops mqcompile does not quantize yet, with the operand index a weight would be
+_MATMULS = {
+    torch.ops.aten.addmm.default: 2,  # GPT-2's Conv1D: addmm(bias, x, W [K, N])
+    torch.ops.aten.mm.default: 1,
+    torch.ops.aten.matmul.default: 1,
+    torch.ops.aten.bmm.default: 1,
+}
+_VIEWS = {torch.ops.aten.t.default, torch.ops.aten.permute.default, torch.ops.aten.transpose.int}
+
+
+def float_matmuls(ep: ExportedProgram) -> list[str]:
+    """Matmul-like nodes (``addmm``, ``mm``, ``matmul``, ``bmm``) whose weight operand is a parameter, buffer or
+    constant (possibly transposed): linears that are not ``aten.linear``, which mqcompile leaves float. Each as
+    ``"<node> (<op>, weight <state-dict name>)"``."""
+    targets = placeholder_targets(ep)
+    out = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target not in _MATMULS or len(node.args) <= _MATMULS[node.target]:
+            continue
+        w = node.args[_MATMULS[node.target]]
+        while isinstance(w, fx.Node) and w.op == "call_function" and w.target in _VIEWS:
+            w = w.args[0]
+        target = targets.get(w.name, (None, None))[1] if isinstance(w, fx.Node) and w.op == "placeholder" else None
+        if target is not None:
+            out.append(f"{node.name} ({node.target.__name__}, weight {target})")
+    return out
 
 
 def base_name(name: str) -> str:
