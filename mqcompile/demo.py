@@ -134,9 +134,9 @@ def run_omni_demo(progress: bool = True) -> dict:
             else:
                 if spec is None:
                     spec = task.programs()["omni"]
-                qp = quantize(
-                    spec.program, method_config(spec, overrides), calibration=spec.calibration, progress=progress
-                )
+                config = method_config(spec, overrides)
+                calibration = spec.calibration if config.needs_calibration else None
+                qp = quantize(spec.program, config, calibration=calibration, progress=progress)
                 qp.save(path)
             module = qp.module()
         quantize_s = time.perf_counter() - t0

@@ -159,7 +159,8 @@ def run_task(
                 modules[name] = spec.program.module()
                 continue
             config = method_config(spec, overrides)
-            qp = quantize(spec.program, config, calibration=spec.calibration, progress=progress)
+            calibration = spec.calibration if config.needs_calibration else None  # RTN rows: nothing to warn about
+            qp = quantize(spec.program, config, calibration=calibration, progress=progress)
             modules[name] = qp.module()
             per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config, spec.probe_groups)
             sqnr.update({f"{name}/{k}": v for k, v in per_linear.items()})
