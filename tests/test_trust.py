@@ -95,3 +95,13 @@ def test_linears_that_are_not_aten_linear_are_named(caplog):
     assert "2 matmul-like nodes with a constant weight are not aten.linear and stay float" in caplog.text
     assert qp.report["float_matmuls"] == ["addmm (addmm.default, weight c.weight)", "matmul (matmul.default, weight w)"]
     assert "2 matmul-like nodes with constant weights left float" in qp.summary()
+
+
+def test_onnx_export_of_a_bf16_program_says_what_to_do(tmp_path):
+    # issue #15 case 5: ORT failed with NOT_IMPLEMENTED Relu(14) after the file was written
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8)).to(torch.bfloat16)
+    ep = torch.export.export(model, (torch.randn(4, 16, dtype=torch.bfloat16),))
+    qp = mqcompile.quantize(ep, progress=False)
+    with pytest.raises(UnsupportedProgramError, match="bfloat16.*model.float\\(\\).*check=False"):
+        mqcompile.export_onnx(qp, tmp_path / "bf16.onnx")
+    assert not (tmp_path / "bf16.onnx").exists()

@@ -145,6 +145,18 @@ def _check_args(opset: int, variant: str) -> None:
         raise ConfigError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
 
 
+def _check_runnable_in_ort(ep: ExportedProgram, inputs: Inputs) -> None:
+    """The parity run needs ONNX Runtime's CPU kernels, which have no bfloat16 versions of most ops (a bf16 program
+    failed with ``NOT_IMPLEMENTED: Relu(14)`` only after the file was written): say so before exporting."""
+    values = [*ep.state_dict.values(), *inputs.args, *inputs.kwargs.values()]
+    if any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in values):
+        raise UnsupportedProgramError(
+            "this program computes in bfloat16, which ONNX Runtime's CPU kernels cannot run for the parity check; "
+            "quantize and export a float32 program (model.float() before torch.export), or pass check=False to "
+            "write the file without the check"
+        )
+
+
 def _check_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -362,6 +374,8 @@ def export_onnx(
     inputs = match_inputs(ep, example_inputs)
     check_static_dims(ep, inputs)
     _check_ops(ep, opset)
+    if check:
+        _check_runnable_in_ort(ep, inputs)
     model = _torch_export(ep, inputs, opset)
     stats = lower_markers(model, variant)
     _optimize(model)
