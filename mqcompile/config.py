@@ -25,6 +25,7 @@ __all__ = [
     "Scheme",
     "SCHEMES",
     "QuantConfig",
+    "KEEP_FLOAT",
     "scheme",
 ]
 
@@ -69,6 +70,10 @@ def scheme(name: str) -> Scheme:
         return SCHEMES[name]
     except KeyError:
         raise ConfigError(f"unknown scheme {name!r}; choose one of {sorted(SCHEMES)}") from None
+
+
+# The output heads stay float unless the config says otherwise (their error hits every token's logits).
+KEEP_FLOAT: tuple[str, ...] = ("lm_head", "*.lm_head")
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -184,11 +189,6 @@ def _pairs(value) -> tuple[tuple[str, str], ...]:
     return tuple((p, s) for p, s in value)
 
 
-def _check_plain_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"QuantConfig.{name} must be an integer >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class QuantConfig:
     """What to quantize (targeting) and which algorithms choose the parameters (the recipe).
@@ -221,7 +221,7 @@ class QuantConfig:
     default: str = "w4a4"
     modality: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     overrides: tuple[tuple[str, str], ...] = ()
-    keep_float: tuple[str, ...] = ("lm_head", "*.lm_head")
+    keep_float: tuple[str, ...] = KEEP_FLOAT
     weight_group_size: int | None = None
     modality_token_ids: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -238,19 +238,15 @@ class QuantConfig:
                 "files through QuantConfig.from_json)"
                 + ("; it was written by a newer mqcompile: upgrade" if newer else "")
             )
-        for name in ("default",):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(
-                    f"QuantConfig.{name} must be a scheme name such as 'w4a4', got {getattr(self, name)!r}"
-                )
+        if not isinstance(self.default, str):
+            raise ConfigError(f"QuantConfig.default must be a scheme name such as 'w4a4', got {self.default!r}")
         for name in ("modality", "modality_token_ids", "sources"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ConfigError(f"QuantConfig.{name} must be a mapping, got {getattr(self, name)!r}")
         object.__setattr__(self, "algorithms", recipes.normalize(self.algorithms))
-        _check_plain_int("reservoir_tokens", self.reservoir_tokens, 1)
-        _check_plain_int("seed", self.seed, 0)
-        if not isinstance(self.debug, bool):
-            raise ConfigError(f"QuantConfig.debug must be True or False, got {self.debug!r}")
+        recipes.check_int("QuantConfig", "reservoir_tokens", self.reservoir_tokens, 1)
+        recipes.check_int("QuantConfig", "seed", self.seed, 0)
+        recipes.check_bool("QuantConfig", "debug", self.debug)
         scheme(self.default)
         for key, value in dict(self.modality).items():
             if key not in PATHS:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -113,15 +114,15 @@ def run_pipeline(
         passes = passes[: names.index(until) + 1]
     report: dict[str, dict] = {}
     ran: set[str] = set()
-    running = [p for p in passes if p.when is None or p.when(ctx.config)]
+    running = {p.name for p in passes if p.when is None or p.when(ctx.config)}
     # disable=None: tqdm draws only on a terminal (no escape codes in a piped log; -v logs each pass instead)
     bar = tqdm(total=len(running), desc="mqcompile", unit="pass", disable=None if progress else True, leave=False)
     for entry in passes:
         missing = [need for need in entry.needs if need not in report]
         if missing:
             raise PassError(f"pass {entry.name!r} needs {missing} to run before it; they are not in this pipeline")
-        if entry.when is not None and not entry.when(ctx.config):
-            report[entry.name] = dict(entry.empty or {})
+        if entry.name not in running:
+            report[entry.name] = copy.deepcopy(entry.empty or {})  # EMPTY holds nested dicts: never share them
             continue
         skipped = [need for need in entry.needs if need not in ran]
         if skipped:

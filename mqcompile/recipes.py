@@ -41,12 +41,13 @@ __all__ = [
 ]
 
 
-def _check_int(owner: str, name: str, value, low: int) -> None:
+# Field checks of every config here, and of QuantConfig's own numeric and boolean fields.
+def check_int(owner: str, name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{owner}.{name} must be an integer >= {low}, got {value!r}")
 
 
-def _check_float(owner: str, name: str, value, low: float, high: float, low_open: bool = False) -> None:
+def check_float(owner: str, name: str, value, low: float, high: float, low_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (low < value if low_open else low <= value) and value <= high
     if not ok:
@@ -54,7 +55,7 @@ def _check_float(owner: str, name: str, value, low: float, high: float, low_open
         raise ConfigError(f"{owner}.{name} must be a number in {bound}, got {value!r}")
 
 
-def _check_bool(owner: str, name: str, value) -> None:
+def check_bool(owner: str, name: str, value) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{owner}.{name} must be True or False, got {value!r}")
 
@@ -74,7 +75,7 @@ class Rotate(Algorithm):
     calibrated = False
 
     def __post_init__(self) -> None:
-        _check_int("Rotate", "max_block", self.max_block, 2)
+        check_int("Rotate", "max_block", self.max_block, 2)
         if self.max_block & (self.max_block - 1):
             raise ConfigError(f"Rotate.max_block must be a power of two >= 2, got {self.max_block}")
 
@@ -86,7 +87,7 @@ class SmoothQuant(Algorithm):
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_float("SmoothQuant", "alpha", self.alpha, 0.0, 1.0)
+        check_float("SmoothQuant", "alpha", self.alpha, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class DABC(Algorithm):
 
     def __post_init__(self) -> None:
         if self.max_channels is not None:
-            _check_int("DABC", "max_channels", self.max_channels, 0)
+            check_int("DABC", "max_channels", self.max_channels, 0)
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,12 @@ class MDQFO(Algorithm):
     masks: bool = True
 
     def __post_init__(self) -> None:
-        _check_float("MDQFO", "morph_weight", self.morph_weight, 0.0, float("inf"))
-        _check_int("MDQFO", "ste_steps", self.ste_steps, 0)
+        check_float("MDQFO", "morph_weight", self.morph_weight, 0.0, float("inf"))
+        check_int("MDQFO", "ste_steps", self.ste_steps, 0)
         if self.time_budget_s is not None:
-            _check_float("MDQFO", "time_budget_s", self.time_budget_s, 0.0, float("inf"), low_open=True)
-        _check_bool("MDQFO", "act_clips", self.act_clips)
-        _check_bool("MDQFO", "masks", self.masks)
+            check_float("MDQFO", "time_budget_s", self.time_budget_s, 0.0, float("inf"), low_open=True)
+        check_bool("MDQFO", "act_clips", self.act_clips)
+        check_bool("MDQFO", "masks", self.masks)
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ class BlockMDQFO(Algorithm):
     act_clips: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("BlockMDQFO", "steps", self.steps, 1)
-        _check_float("BlockMDQFO", "morph_weight", self.morph_weight, 0.0, float("inf"))
-        _check_bool("BlockMDQFO", "act_clips", self.act_clips)
+        check_int("BlockMDQFO", "steps", self.steps, 1)
+        check_float("BlockMDQFO", "morph_weight", self.morph_weight, 0.0, float("inf"))
+        check_bool("BlockMDQFO", "act_clips", self.act_clips)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class GPTQ(Algorithm):
     damp: float = 0.01
 
     def __post_init__(self) -> None:
-        _check_float("GPTQ", "damp", self.damp, 0.0, 1.0, low_open=True)
+        check_float("GPTQ", "damp", self.damp, 0.0, 1.0, low_open=True)
 
 
 # The order the pipeline runs them in (mqcompile.pipeline.PIPELINE).

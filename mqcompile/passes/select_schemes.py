@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 
 from torch.export import ExportedProgram
 
-from ..config import SCHEMES, QuantConfig
+from ..config import KEEP_FLOAT, SCHEMES
 from ..graph import meta
 from ..graph.linears import base_name, linear_nodes
 from .base import PassContext, PassResult
@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
     counts: dict[str, int] = {}
     names = [base_name(meta.get(n)["name"]) for n in linear_nodes(ep.graph)]
-    defaults = QuantConfig.__dataclass_fields__["keep_float"].default
-    patterns = [p for p, _ in ctx.config.overrides] + [p for p in ctx.config.keep_float if p not in defaults]
+    patterns = [p for p, _ in ctx.config.overrides] + [p for p in ctx.config.keep_float if p not in KEEP_FLOAT]
     for pattern in patterns:
         if names and not any(fnmatchcase(name, pattern) for name in names):
             log.warning("pattern %r matches no linear (names look like %s)", pattern, names[:3])
