@@ -22,18 +22,24 @@ PASSES = pathlib.Path(mqcompile.__file__).parent / "passes"
 SHARED = {"base", "plan", "__init__"}  # the context and the per-linear plan: shared, not passes
 
 
+def _imported(node) -> set[str]:
+    """Absolute names an import statement inside ``mqcompile/passes/`` may bind (module, or module.attribute)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    base = ["mqcompile", "passes"][: 3 - node.level] if node.level else []
+    module = base + (node.module.split(".") if node.module else [])
+    return {".".join(module)} | {".".join([*module, a.name]) for a in node.names}
+
+
 def test_no_pass_imports_another_pass():
-    names = {p.stem for p in PASSES.glob("*.py")} - SHARED
+    passes = {f"mqcompile.passes.{p.stem}" for p in PASSES.glob("*.py")} - {f"mqcompile.passes.{s}" for s in SHARED}
     for path in PASSES.glob("*.py"):
         if path.stem in SHARED:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                module = (node.module or "").split(".")
-                imported = {a.name for a in node.names} if node.level == 1 and not node.module else set()
-                hits = ({module[0]} if node.level == 1 else set()) | imported
-                hits |= {module[-1]} if node.module and "passes" in module else set()
-                assert not hits & names, f"{path.name} imports pass module(s) {sorted(hits & names)}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                hits = _imported(node) & passes
+                assert not hits, f"{path.name} imports pass module(s) {sorted(hits)}"
 
 
 def test_every_entry_is_a_pass_module_in_order_and_needs_only_earlier_ones():

@@ -102,7 +102,8 @@ def test_recipes_run_in_pipeline_order_and_round_trip():
     assert QuantConfig.from_json(config.to_json()) == config
     assert config.needs_calibration and not QuantConfig(algorithms=(recipes.Rotate(),)).needs_calibration
     assert config.algorithm(recipes.MDQFO).ste_steps == 2 and config.algorithm(recipes.SmoothQuant) is None
-    assert config.recipe.startswith("recipes.MORPHOQUANT + (") is False  # MDQFO(ste_steps=2) is not the preset's
+    # MDQFO(ste_steps=2) is not MORPHOQUANT's MDQFO, so the largest preset it contains is DABC_ONLY
+    assert config.recipe.startswith("recipes.DABC_ONLY + (Rotate(max_block=256), MDQFO(")
     assert QuantConfig(algorithms=recipes.MORPHOQUANT + (recipes.Rotate(),)).recipe == (
         "recipes.MORPHOQUANT + (Rotate(max_block=256),)"
     )
