@@ -21,7 +21,7 @@ from ..config import SCHEMES
 from ..graph import meta
 from ..graph.export import placeholder_targets
 from ..graph.linears import linear_nodes
-from ..kernels.reference import quantize_weight_ref
+from ..kernels.reference import weight_scale
 from ..solvers import gptq_codes
 from .base import PassContext, PassResult
 from .plan import LinearPlan, current_weight, table_value
@@ -64,7 +64,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             continue
         weight = current_weight(ep, node, ctx.plans, targets).detach().float()
         group = ctx.config.group_for(weight.shape[1])
-        _, scale = quantize_weight_ref(weight, bits, group, plan.gamma)
+        scale = weight_scale(weight, bits, group, plan.gamma)
         plan.weight_codes = gptq_codes(weight, tokens, scale, bits, damp=damp)
         plan.weight_scale = scale
         counts["linears"] += 1
