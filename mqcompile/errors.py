@@ -4,6 +4,7 @@ __all__ = [
     "MQCompileError",
     "ConfigError",
     "UnsupportedProgramError",
+    "InputError",
     "CalibrationError",
     "NonFiniteError",
     "CheckpointError",
@@ -24,8 +25,12 @@ class UnsupportedProgramError(MQCompileError, TypeError):
     """The input is not an ExportedProgram, or the graph has a shape mqcompile cannot rewrite."""
 
 
-class CalibrationError(MQCompileError, ValueError):
-    """Calibration or example inputs do not match the program (names, shapes, dtypes)."""
+class InputError(MQCompileError, ValueError):
+    """Inputs do not match the program (names, shapes, dtypes, token ids outside the vocabulary)."""
+
+
+class CalibrationError(InputError):
+    """Calibration or example inputs do not match the program, or calibration cannot run on them."""
 
 
 class NonFiniteError(MQCompileError, ValueError):

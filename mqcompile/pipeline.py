@@ -26,6 +26,7 @@ from .passes import (
     PassContext,
     PassResult,
     calibrate,
+    canonicalize_linears,
     check_program,
     dabc_plan,
     find_linears,
@@ -63,7 +64,8 @@ def _calibrated(config: QuantConfig) -> bool:
 
 PIPELINE: tuple[Pass, ...] = (
     Pass("check_program", check_program.run),
-    Pass("find_linears", find_linears.run, ("check_program",)),
+    Pass("canonicalize_linears", canonicalize_linears.run, ("check_program",)),
+    Pass("find_linears", find_linears.run, ("canonicalize_linears",)),
     Pass("tag_modality", tag_modality.run, ("find_linears",)),
     Pass("select_schemes", select_schemes.run, ("tag_modality",)),
     Pass("insert_modality_ids", insert_modality_ids.run, ("select_schemes",)),

@@ -22,6 +22,7 @@ from .archive import check_archive
 from .config import QuantConfig
 from .errors import ProgramFileError
 from .graph import meta
+from .inputs import CheckedModule
 
 __all__ = ["QuantizedProgram", "LinearRecord", "FORMAT_VERSION"]
 
@@ -54,8 +55,10 @@ class QuantizedProgram:
     report: dict[str, Any] = field(default_factory=dict)
 
     def module(self) -> torch.nn.Module:
-        """A callable module (same inputs as the original program)."""
-        return self.exported_program.module()
+        """A callable module (same inputs as the original program) that checks each call's inputs first: a wrong
+        name, rank, static dim, dtype or a token id outside the vocabulary raises :class:`InputError` saying what
+        to change. Its ``program`` attribute is the bare ``exported_program.module()``."""
+        return CheckedModule(self.exported_program)
 
     def linears(self) -> list[LinearRecord]:
         """Every linear of the original program with its modality path and scheme (float ones included)."""

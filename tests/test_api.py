@@ -45,7 +45,7 @@ def test_program_without_linears_warns_and_returns_it(caplog):
     ep = torch.export.export(torch.nn.ReLU(), (torch.randn(2, 3),))
     with caplog.at_level(logging.WARNING):
         qp = mqcompile.quantize(ep, progress=False)
-    assert "no aten.linear" in caplog.text
+    assert "no linears with a constant weight" in caplog.text
     assert qp.exported_program is ep and qp.linears() == []
 
 
@@ -63,7 +63,7 @@ def test_calibration_shape_mismatch(toy):
 
 def test_calibration_missing_input(toy):
     _, kwargs, ep = toy
-    with pytest.raises(CalibrationError, match="exactly those keys"):
+    with pytest.raises(CalibrationError, match="pass exactly those"):
         mqcompile.quantize(ep, calibration=[{"input_ids": kwargs["input_ids"]}], progress=False)
 
 

@@ -55,7 +55,7 @@ def test_until_stops_after_the_named_pass(toy):
     _, _, ep = toy
     ctx = PassContext(TOY_CONFIG, progress=False)
     _, report = run_pipeline(copy_program(ep), ctx, progress=False, until="select_schemes")
-    assert list(report) == ["check_program", "find_linears", "tag_modality", "select_schemes"]
+    assert list(report) == ["check_program", "canonicalize_linears", "find_linears", "tag_modality", "select_schemes"]
     with pytest.raises(mqcompile.MQCompileError, match="no such pass"):
         run_pipeline(copy_program(ep), ctx, progress=False, until="calibrat")
 
@@ -79,7 +79,7 @@ def test_failures_name_the_pass_and_keep_our_error_types(toy):
     def broken(ep, ctx) -> PassResult:
         raise KeyError("val")
 
-    passes = (*PIPELINE[:2], Pass("broken", broken, ("find_linears",)))
+    passes = (*PIPELINE[:3], Pass("broken", broken, ("find_linears",)))
     with pytest.raises(PassError, match=r"pass 'broken' failed: KeyError"):
         run_pipeline(copy_program(ep), PassContext(TOY_CONFIG, progress=False), passes, progress=False)
     config = QuantConfig(algorithms=recipes.MORPHOQUANT)  # calibrated, but no calibration given

@@ -1,6 +1,21 @@
-"""Tiny random models shared by the adapter tests and the checkpoint-converter tests (not a test module)."""
+"""Tiny random models shared by the adapter, checkpoint-converter and pass tests, and the recipes that the tests
+of unusual linears run each model under (not a test module)."""
 
 import torch
+
+from mqcompile import recipes
+
+_ROT = (recipes.Rotate(),)
+_MQ = (recipes.DABC(), recipes.MDQFO(ste_steps=2))
+# one of each pass combination that touches weights: every algorithm pass runs under at least one
+RECIPES = {
+    "rtn": recipes.RTN,
+    "smoothquant": recipes.SMOOTHQUANT,
+    "rotate": _ROT,
+    "morphoquant+rotate": _MQ + _ROT,
+    "morphoquant+rotate+block": _MQ + _ROT + (recipes.BlockMDQFO(steps=2),),
+    "rotate+gptq": _ROT + (recipes.GPTQ(),),
+}
 
 
 def tiny_whisper(seed: int = 0):
@@ -48,3 +63,17 @@ def tiny_dinov2(seed=0):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model
+
+
+def tiny_gpt2(seed: int = 0):
+    """A tiny random GPT-2 (float32, eval): 2 layers, d_model 64, 128-token vocabulary; its attention and MLP
+    projections are ``Conv1D`` (``addmm`` with a ``[in, out]`` weight), the tied output head an ``nn.Linear``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0, use_cache=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model.eval()

@@ -131,15 +131,15 @@ def reexport(ep: ExportedProgram, module: torch.nn.Module, example_inputs: tuple
 
 def _warn_specialized(old: ExportedProgram, new: ExportedProgram) -> None:
     def dynamic_dims(ep):
-        out = {}
+        out = []
         for n in user_input_nodes(ep).values():
             val = n.meta.get("val")
-            if isinstance(val, torch.Tensor):
-                out[n.name] = [i for i, s in enumerate(val.shape) if not isinstance(s, int)]
+            shape = val.shape if isinstance(val, torch.Tensor) else ()
+            out.append((n.name, {i for i, s in enumerate(shape) if not isinstance(s, int)}))
         return out
 
-    before, after = dynamic_dims(old), dynamic_dims(new)
-    for name, dims in before.items():
-        lost = sorted(set(dims) - set(after.get(name, [])))
+    # by position: copying a graph renames placeholders (``input`` -> ``input_1``), so names need not match
+    for (name, before), (_, after) in zip(dynamic_dims(old), dynamic_dims(new)):
+        lost = sorted(before - after)
         if lost:
             log.warning("re-export specialized input %r dims %s that were dynamic", name, lost)

@@ -48,7 +48,7 @@ def linear_nodes(graph: fx.Graph) -> list[fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
 
 
-# matmul-like ops mqcompile does not quantize yet, with the operand index a weight would be
+# matmul-like ops, with the operand index a weight would be
 _MATMULS = {
     torch.ops.aten.addmm.default: 2,  # GPT-2's Conv1D: addmm(bias, x, W [K, N])
     torch.ops.aten.mm.default: 1,
@@ -60,7 +60,8 @@ _VIEWS = {torch.ops.aten.t.default, torch.ops.aten.permute.default, torch.ops.at
 
 def float_matmuls(ep: ExportedProgram) -> list[str]:
     """Matmul-like nodes (``addmm``, ``mm``, ``matmul``, ``bmm``) whose weight operand is a parameter, buffer or
-    constant (possibly transposed): linears that are not ``aten.linear``, which mqcompile leaves float. Each as
+    constant (possibly transposed): after ``canonicalize_linears``, the linears it could not make ``aten.linear``,
+    which stay float. Each as
     ``"<node> (<op>, weight <state-dict name>)"``."""
     targets = placeholder_targets(ep)
     out = []

@@ -19,7 +19,7 @@ def test_compile_on_cpu_matches_the_program(toy):
 def test_grouped_weights_keep_the_reference_op(toy):
     _, _, ep = toy
     qp = mqcompile.quantize(ep, dataclasses.replace(TOY_CONFIG, weight_group_size=4), progress=False)
-    module = qp.module()
+    module = qp.exported_program.module()
     counts = use_triton_ops(module)
     assert counts == {"quantize_act": 4, "qlinear": 0, "kept": 4, "unpacked": 0}
     targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
@@ -60,7 +60,7 @@ def test_cpu_int4pack_is_bit_exact_and_replaces_the_weights(toy):
 
     _, _, ep = toy
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
-    module = detach_to(qp.module())
+    module = detach_to(qp.exported_program.module())
     counts = use_cpu_int4pack(module)
     assert counts == {"int4pack": 4, "kept": 0}
     targets = {n.target for n in module.graph.nodes if n.op == "call_function"}
@@ -77,7 +77,7 @@ def test_cpu_int4pack_keeps_grouped_and_8_bit_weights(toy):
     grouped = dataclasses.replace(TOY_CONFIG, weight_group_size=4)
     for config in (grouped, dataclasses.replace(TOY_CONFIG, default="w8a8")):
         qp = mqcompile.quantize(ep, config, progress=False)
-        module = detach_to(qp.module())
+        module = detach_to(qp.exported_program.module())
         assert use_cpu_int4pack(module) == {"int4pack": 0, "kept": 4}
         assert torch.equal(module(**toy_inputs(1)), qp.module()(**toy_inputs(1)))
 

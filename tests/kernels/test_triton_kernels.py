@@ -136,7 +136,7 @@ def test_int32_accumulators_are_exact_at_the_extremes():
 def test_program_with_triton_ops_equals_the_program(toy):
     _, kwargs, ep = toy
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
-    module = detach_to(qp.module(), DEVICE)
+    module = detach_to(qp.exported_program.module(), DEVICE)
     counts = use_triton_ops(module)
     assert counts == {"quantize_act": 4, "qlinear": 4, "kept": 0, "unpacked": 0}
     for seed in (0, 3):
@@ -151,7 +151,7 @@ def test_program_with_triton_ops_equals_the_program(toy):
 def test_int8_weights_give_the_same_program(toy):
     _, _, ep = toy
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
-    packed, unpacked = detach_to(qp.module(), DEVICE), detach_to(qp.module(), DEVICE)
+    packed, unpacked = detach_to(qp.exported_program.module(), DEVICE), detach_to(qp.exported_program.module(), DEVICE)
     use_triton_ops(packed)
     assert use_triton_ops(unpacked, int8_weights=True)["unpacked"] == 4
     int8 = [b for n, b in unpacked.named_buffers() if n.endswith("mq_qweight_int8")]

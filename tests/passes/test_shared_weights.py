@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import mqcompile
-from mqcompile import QuantConfig, QuantizedProgram, recipes
+from mqcompile import QuantConfig, QuantizedProgram
+from tests.tiny_models import RECIPES
 
 
 class Tied(torch.nn.Module):
@@ -38,18 +39,6 @@ class Chain(torch.nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x))
-
-
-ROT = (recipes.Rotate(),)
-MQ = (recipes.DABC(), recipes.MDQFO(ste_steps=2))
-RECIPES = {
-    "rtn": recipes.RTN,
-    "smoothquant": recipes.SMOOTHQUANT,
-    "rotate": ROT,
-    "morphoquant+rotate": MQ + ROT,
-    "morphoquant+rotate+block": MQ + ROT + (recipes.BlockMDQFO(steps=2),),
-    "rotate+gptq": ROT + (recipes.GPTQ(),),
-}
 
 
 @pytest.mark.parametrize("model_cls", [Tied, Twice, Chain])

@@ -34,6 +34,14 @@ __all__ = ["compile", "use_triton_ops", "use_cpu_int4pack", "detach_to"]
 log = logging.getLogger(__name__)
 
 
+def _require_graph_module(gm, name: str) -> None:
+    if not isinstance(gm, fx.GraphModule):
+        raise UnsupportedProgramError(
+            f"{name} rewrites a graph in place and takes an fx.GraphModule such as qp.exported_program.module() "
+            f"(qp.module() wraps it in an input check), got {type(gm).__name__}"
+        )
+
+
 def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, int]:
     """Swap ``mqcompile::`` op nodes for their Triton twins in place (grouped-weight qlinears keep the reference).
 
@@ -44,6 +52,7 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
     """
     from ...kernels import triton_ops  # noqa: F401  (registers the triton ops; needs triton)
 
+    _require_graph_module(gm, "use_triton_ops")
     ops = torch.ops.mqcompile
     counts = {"quantize_act": 0, "qlinear": 0, "kept": 0, "unpacked": 0}
     unpacked: dict[str, str] = {}
@@ -75,6 +84,7 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
     from ...kernels import cpu_int4  # registers the op
     from ...kernels.ops import exact_float_chunk
 
+    _require_graph_module(gm, "use_cpu_int4pack")
     counts = {"int4pack": 0, "kept": 0}
     done: dict[str, tuple[str, str]] = {}
     for node in gm.graph.nodes:
@@ -230,7 +240,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
             f"mqcompile.compile(device={str(device)!r}): this torch has no usable CUDA device "
             f"(torch {torch.__version__}); compile for device='cpu', or run on a machine with a GPU and a CUDA build"
         )
-    module = detach_to(qp.module(), device)
+    module = detach_to(qp.exported_program.module(), device)  # the bare module: no per-call input check
     use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
     if use:
         if not triton_available():
