@@ -41,6 +41,21 @@ def test_a_damaged_header_is_named(toy, tmp_path):
         QuantizedProgram.load(bad)
 
 
+def test_a_truncated_weight_names_the_cause_without_torch_traceback(toy, tmp_path, capfd):
+    # torch logged a traceback at WARNING, then raised "check the warnings above"
+    good, bad = tmp_path / "good.pt2", tmp_path / "bad.pt2"
+    mqcompile.quantize(toy[2], TOY_CONFIG, progress=False).save(good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info, data[: len(data) // 2] if info.filename.endswith("weights/weight_0") else data)
+    capfd.readouterr()
+    with pytest.raises(ProgramFileError, match="the file is damaged .*RuntimeError: setStorage.*out of bounds"):
+        QuantizedProgram.load(bad)
+    assert capfd.readouterr().err == ""
+    assert QuantizedProgram.load(good).report  # a good file still loads
+
+
 def test_onnx_opset_newer_than_onnx_knows(toy, tmp_path):
     qp = mqcompile.quantize(toy[2], TOY_CONFIG, progress=False)
     with pytest.raises(ConfigError, match="opset 99 is newer than this onnx package knows"):
@@ -106,3 +121,37 @@ def test_onnx_export_of_a_bf16_program_says_what_to_do(tmp_path):
     with pytest.raises(UnsupportedProgramError, match="bfloat16.*model.float\\(\\).*check=False"):
         mqcompile.export_onnx(qp, tmp_path / "bf16.onnx")
     assert not (tmp_path / "bf16.onnx").exists()
+
+
+def test_onnx_export_prints_nothing_from_other_packages(tmp_path, capfd, recwarn):
+    # issue #15 case 7: the exporter printed torchvision notes, torch's LeafSpec deprecation and onnxscript
+    # "Evaluation failed" lines; the registry is cached, so build it again here for the test to see its noise
+    import logging
+
+    from mqcompile.backends.onnx import export as onnx_export
+    from tests.tiny_models import tiny_gpt2
+
+    onnx_export._registry.cache_clear()
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    qp = mqcompile.quantize(torch.export.export(tiny_gpt2(), (), {"input_ids": ids}), progress=False)
+    capfd.readouterr()
+    recwarn.clear()
+    report = mqcompile.export_onnx(qp, tmp_path / "gpt2.onnx")
+    out, err = capfd.readouterr()
+    assert report.qlinear == 8 and report.parity.cosine > 0.9999  # GPT-2's Conv1D linears, through ORT
+    assert out == "" and err == "", (out, err)
+    assert [str(w.message) for w in recwarn] == []
+    # torch says "torchvision is not installed" once per process, so check the loggers' silencing directly: quiet
+    # during our exporter calls only, restored after
+    caplog_records = []
+    handler = logging.Handler()
+    handler.emit = caplog_records.append
+    for name in onnx_export._QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        with onnx_export._quiet_exporter():
+            logger.warning("inside")
+        logger.warning("outside")
+        logger.removeHandler(handler)
+        assert logger.level == logging.NOTSET
+    assert [r.getMessage() for r in caplog_records] == ["outside", "outside"]

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -169,7 +170,31 @@ def _check_path(path: str | os.PathLike) -> Path:
     return p
 
 
+# loggers that, during our export only, say things about other exports: torch's note that torchvision is absent
+# (we never export its ops) and onnxscript's constant folder naming an op the ONNX reference evaluator cannot fold
+# (the node stays as it is, and ONNX Runtime folds it when the session loads)
+_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """No third-party noise from our exporter calls: the loggers above at ERROR and torch's own pytree deprecation
+    (raised inside the exporter's ``run_decompositions``) ignored, restored on the way out; nothing global."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 @functools.lru_cache(maxsize=4)
+@_quiet_exporter()
 def _registry(opset: int):
     """The exporter's op registry (torchlib) with our translations, built once per opset (1-3 s each time otherwise);
     None when the exporter's internal API moved (then torch.onnx.export builds its own)."""
@@ -261,6 +286,7 @@ def _run_exporter(ep: ExportedProgram, inputs: Inputs, opset: int):
     )
 
 
+@_quiet_exporter()
 def _torch_export(ep: ExportedProgram, inputs: Inputs, opset: int) -> ir.Model:
     """The program as ONNX IR; ``mqcompile::`` ops become markers (untouched by the exporter's optimization)."""
     try:
@@ -281,6 +307,7 @@ def _keep_int4_casts(node: ir.Node) -> bool | None:
     return None
 
 
+@_quiet_exporter()
 def _optimize(model: ir.Model) -> None:
     """After lowering: fold constants (never Q/DQ: the folder keeps them), drop dead nodes, de-duplicate
     initializers and common subexpressions (linears reading the same activation with the same clip share one
