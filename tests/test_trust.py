@@ -155,3 +155,21 @@ def test_onnx_export_prints_nothing_from_other_packages(tmp_path, capfd, recwarn
         logger.removeHandler(handler)
         assert logger.level == logging.NOTSET
     assert [r.getMessage() for r in caplog_records] == ["outside", "outside"]
+
+
+def test_checkpoint_loads_draw_no_transformers_bar(tmp_path, capfd):
+    # issue #15 case 7: every from_pretrained in the demo drew a "Loading weights" bar inside ours
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from mqcompile.models.loading import quiet_loading
+    from tests.tiny_models import tiny_gpt2
+
+    tiny_gpt2().save_pretrained(tmp_path)
+    capfd.readouterr()
+    with quiet_loading():
+        GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's own loads keep their bar
+    GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert "Loading weights" in capfd.readouterr().err  # (so the check above could fail)

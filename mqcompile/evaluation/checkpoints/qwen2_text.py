@@ -29,6 +29,7 @@ import torch
 
 from mqcompile.assets import EVAL_HINT, assemble, cache_dir, package_dir
 from mqcompile.errors import CheckpointError
+from mqcompile.models.loading import quiet_loading
 
 __all__ = [
     "GGUF_NAME",
@@ -81,7 +82,8 @@ def _convert_gguf(dest: Path) -> None:
     start = time.perf_counter()
     logger.info("converting %s to a float checkpoint (once, 2-3 minutes)", path.name)
     tokenizer = auto_tokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = auto_model.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with quiet_loading():
+        model = auto_model.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # The weights are now plain float tensors; drop the GGUF quantizer so save_pretrained writes a normal checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -117,7 +119,8 @@ def load_qwen2_text(dtype: torch.dtype = torch.float32):
         _convert_gguf(dest)
     auto_model, auto_tokenizer = _import_transformers()
     start = time.perf_counter()
-    model = auto_model.from_pretrained(dest, dtype=dtype, attn_implementation="eager").eval()
+    with quiet_loading():
+        model = auto_model.from_pretrained(dest, dtype=dtype, attn_implementation="eager").eval()
     tokenizer = auto_tokenizer.from_pretrained(dest)
     logger.info("loaded %s in %.1f s", CACHE_NAME, time.perf_counter() - start)
     if model.config.model_type != "qwen2":

@@ -35,6 +35,7 @@ import torch
 
 from mqcompile.assets import EVAL_HINT, assemble, cache_dir, package_dir
 from mqcompile.errors import CheckpointError
+from mqcompile.models.loading import quiet_loading
 
 __all__ = [
     "WHISPER_BASE_PACKAGES",
@@ -452,5 +453,6 @@ def load_whisper_base(dtype: torch.dtype = torch.float32):
         (root / "tokenizer.json").write_text(json.dumps(fixed, ensure_ascii=False), encoding="utf-8")
         stamp.write_text(json.dumps(want))
         logger.info("converted Whisper base into %s in %.1f s", root, time.perf_counter() - start)
-    model = WhisperForConditionalGeneration.from_pretrained(root, dtype=dtype, attn_implementation="eager")
+    with quiet_loading():
+        model = WhisperForConditionalGeneration.from_pretrained(root, dtype=dtype, attn_implementation="eager")
     return model.eval(), load_whisper_tokenizer(root / "tokenizer.json")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mqcompile.errors import CheckpointError
+from mqcompile.models.loading import quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +209,10 @@ def load_thinker(path, *, dtype: torch.dtype = torch.float32):
             f"{str(root)!r} holds no *.safetensors weights; save the model with "
             "save_pretrained(..., safe_serialization=True)"
         )
-    model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        root, config=config, attn_implementation="eager", dtype=dtype, output_loading_info=True
-    )
+    with quiet_loading():
+        model, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            root, config=config, attn_implementation="eager", dtype=dtype, output_loading_info=True
+        )
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise CheckpointError(
