@@ -123,3 +123,36 @@ def test_solvers_and_deployment_share_one_weight_grid():
         gs = group or k
         deployed = codes.float() * scale.repeat_interleave(gs, dim=1)[:, :k]
         assert torch.equal(fake_quant_weight(w, gamma, bits, group), deployed)
+
+
+def test_the_bar_counts_the_passes_that_run_and_draws_nothing_off_a_terminal(toy, monkeypatch, capfd):
+    # issue #15 case 7: the bar listed all passes however few the recipe ran, and piped output got escape codes
+    from mqcompile import pipeline
+
+    _, _, ep = toy
+    seen = {"names": []}
+
+    class Bar:
+        def __init__(self, total, disable, **kwargs):
+            seen.update(total=total, disable=disable)
+
+        def set_postfix_str(self, name):
+            seen["names"].append(name)
+
+        def update(self):
+            pass
+
+        def close(self):
+            pass
+
+    config = dataclasses.replace(TOY_CONFIG, algorithms=recipes.RTN)
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "tqdm", Bar)
+        _, report = run_pipeline(copy_program(ep), PassContext(config), progress=True)
+    running = ["check_program", "canonicalize_linears", "find_linears", "tag_modality", "select_schemes"]
+    assert seen["names"] == [*running, "insert_modality_ids", "rewrite_linears"] and seen["total"] == 7
+    assert len(report) == len(PIPELINE)  # the skipped ones still report their zero counts
+    assert seen["disable"] is None  # tqdm's "only on a terminal"
+    capfd.readouterr()
+    run_pipeline(copy_program(ep), PassContext(config), progress=True)  # pytest's stderr is not a terminal
+    assert capfd.readouterr().err == ""
