@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import zipfile
 
@@ -23,7 +25,7 @@ import torch
 
 from .errors import ProgramFileError
 
-__all__ = ["check_archive"]
+__all__ = ["check_archive", "load_archive"]
 
 _PICKLED = (".pt", ".pkl", ".pth")  # torch.save files inside the archive (sample inputs, legacy weights)
 _PAYLOAD_CONFIGS = ("model_weights_config.json", "model_constants_config.json")
@@ -71,3 +73,51 @@ def check_archive(path: str | os.PathLike) -> None:
                 _check_payload_config(path, name, archive.read(name))
             elif name.endswith(_PICKLED):
                 _check_pickle(path, name, archive.read(name))
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _torch_export_log():
+    """Hold what ``torch.export`` logs during a load; what is left in the list on the way out is passed on to
+    torch's own handlers as it would have been."""
+    logger = logging.getLogger("torch.export")  # torch gives it a stderr handler of its own
+    records: list[logging.LogRecord] = []
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [_Collect(records)], False
+    try:
+        yield records
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+        for record in records:
+            logger.handle(record)
+
+
+def load_archive(path: str | os.PathLike, extra_files: dict[str, str] | None = None, what: str = "torch.export.save"):
+    """``torch.export.load`` after :func:`check_archive`, with ProgramFileError for a missing, foreign or damaged
+    file (the cause in the message, not in a traceback torch logs at WARNING); ``what`` names the writer the
+    file should come from."""
+    if not os.path.isfile(path):
+        raise ProgramFileError(f"{path}: no such file; pass the path given to {what}")
+    if not zipfile.is_zipfile(path):
+        raise ProgramFileError(f"{path}: not a .pt2 archive (written by {what})")
+    check_archive(path)
+    with _torch_export_log() as records:
+        try:
+            return torch.export.load(path, extra_files=extra_files)
+        except Exception as exc:
+            # torch logs the cause as a traceback at WARNING and raises "check the warnings above": say the cause
+            causes = [r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None]
+            cause = causes[-1] if causes else exc
+            records.clear()
+            raise ProgramFileError(
+                f"{path}: not a loadable torch.export archive, the file is damaged or not from {what} "
+                f"({type(cause).__name__}: {cause})"
+            ) from exc

@@ -1,4 +1,4 @@
-"""Command line: ``mqcompile demo`` (the README's main job)."""
+"""Command line: ``mqcompile demo`` (the README's main job), ``quantize``, ``eval``, ``export-onnx``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run_suite, write_results
     from .evaluation.suite import format_results
 
-    out = args.out or ("docs/RESULTS_quick.md" if args.quick else "docs/RESULTS.md")
+    # results of a user's run go to the working directory, never into the package's docs/ (--out to choose)
+    out = args.out or os.path.join("mqcompile-results", "RESULTS_quick.md" if args.quick else "RESULTS.md")
     command = "mqcompile " + " ".join(args.argv)
     data = run_suite(
         args.tasks,
@@ -54,6 +55,29 @@ def _eval(args: argparse.Namespace) -> int:
     )
     write_results(data, out)
     sys.stdout.write(format_results(data) + f"\nwrote {out} and its .json\n")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import json
+
+    from .quantize_cli import format_result, quantize_source
+
+    result = quantize_source(
+        args.source,
+        args.output,
+        recipe=args.recipe,
+        default=args.default,
+        modality=args.modality,
+        calibration=args.calibration,
+        samples=args.samples,
+        seed=args.seed,
+        progress=not (args.no_progress or args.json),
+    )
+    if args.json:
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_result(result) + "\n")
     return 0
 
 
@@ -83,14 +107,42 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     from .evaluation.suite import METHODS, TASKS
 
-    ev = sub.add_parser("eval", help="real-weights suite: tasks x methods -> docs/RESULTS.md (needs the eval extra)")
+    ev = sub.add_parser("eval", help="real-weights suite: tasks x methods -> ./mqcompile-results/ (needs the eval extra)")
     ev.add_argument("--quick", action="store_true", help="small slices (minutes), for CI and smoke tests")
     ev.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ev.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ev.add_argument("--out", default=None, help="markdown path (default docs/RESULTS.md, quick: docs/RESULTS_quick.md)")
+    ev.add_argument("--out", default=None, help="markdown path (default ./mqcompile-results/RESULTS.md, quick: RESULTS_quick.md there)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
+    qz = sub.add_parser(
+        "quantize",
+        help="saved ExportedProgram (.pt2) or checkpoint directory -> saved QuantizedProgram (.pt2), with a summary",
+    )
+    qz.add_argument(
+        "source",
+        help="a .pt2 from torch.export.save, or a checkpoint directory (Qwen2.5-Omni thinker, Qwen2-family causal LM)",
+    )
+    qz.add_argument("output", help="the QuantizedProgram .pt2 to write")
+    qz.add_argument(
+        "--recipe",
+        default=None,
+        help="presets and algorithms joined by '+' (RTN, SMOOTHQUANT, DABC_ONLY, MDQFO_CLIPS, MORPHOQUANT; Rotate, "
+        "SmoothQuant, DABC, MDQFO, BlockMDQFO, GPTQ), e.g. MORPHOQUANT+Rotate; or a QuantConfig JSON file "
+        "(default RTN)",
+    )
+    qz.add_argument("--default", default=None, help="scheme of every linear no other rule names (default w4a4)")
+    qz.add_argument(
+        "--modality", nargs="+", default=(), metavar="PATH=SCHEME", help="per modality path, e.g. audio=w8a8"
+    )
+    qz.add_argument(
+        "--calibration", default=None, help="'builtin' (offline data of the eval extra) or a .pt list of input batches"
+    )
+    qz.add_argument("--samples", type=int, default=None, help="calibration batches to use (builtin default 8)")
+    qz.add_argument("--seed", type=int, default=0)
+    qz.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")
+    qz.add_argument("--no-progress", action="store_true")
+    qz.set_defaults(func=_quantize)
     onx = sub.add_parser(
         "export-onnx",
         help="saved QuantizedProgram (.pt2) -> ONNX INT4 QDQ, checked in ONNX Runtime against the program",

@@ -8,11 +8,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +17,7 @@ import torch
 from torch.export import ExportedProgram
 
 from . import kernels  # noqa: F401  (registers mqcompile:: ops, needed to load saved programs)
-from .archive import check_archive
+from .archive import load_archive
 from .config import QuantConfig
 from .errors import ProgramFileError
 from .graph import meta
@@ -30,31 +27,6 @@ __all__ = ["QuantizedProgram", "LinearRecord", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _EXTRA = "mqcompile.json"
-
-
-class _Collect(logging.Handler):
-    def __init__(self, records: list):
-        super().__init__()
-        self.records = records
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def _torch_export_log():
-    """Hold what ``torch.export`` logs during a load; what is left in the list on the way out is passed on to
-    torch's own handlers as it would have been."""
-    logger = logging.getLogger("torch.export")  # torch gives it a stderr handler of its own
-    records: list[logging.LogRecord] = []
-    handlers, propagate = logger.handlers, logger.propagate
-    logger.handlers, logger.propagate = [_Collect(records)], False
-    try:
-        yield records
-    finally:
-        logger.handlers, logger.propagate = handlers, propagate
-        for record in records:
-            logger.handle(record)
 
 
 @dataclass(frozen=True)
@@ -134,24 +106,8 @@ class QuantizedProgram:
         """Read a file written by :meth:`save`; raises ProgramFileError for anything else, and refuses (without
         running anything from it) an archive that would make ``torch.export.load`` unpickle more than tensors
         (:func:`mqcompile.archive.check_archive`)."""
-        if not os.path.isfile(path):
-            raise ProgramFileError(f"{path}: no such file; pass the path given to QuantizedProgram.save")
-        if not zipfile.is_zipfile(path):
-            raise ProgramFileError(f"{path}: not a saved QuantizedProgram (not a .pt2 archive)")
-        check_archive(path)
         extra = {_EXTRA: ""}
-        with _torch_export_log() as records:
-            try:
-                ep = torch.export.load(path, extra_files=extra)
-            except Exception as exc:
-                # torch logs the cause as a traceback at WARNING and raises "check the warnings above": say the cause
-                causes = [r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None]
-                cause = causes[-1] if causes else exc
-                records.clear()
-                raise ProgramFileError(
-                    f"{path}: not a loadable torch.export archive, the file is damaged or not from torch.export.save "
-                    f"({type(cause).__name__}: {cause})"
-                ) from exc
+        ep = load_archive(path, extra, what="QuantizedProgram.save")
         if not extra[_EXTRA]:
             raise ProgramFileError(
                 f"{path}: a torch.export archive but not a QuantizedProgram (no {_EXTRA}); "

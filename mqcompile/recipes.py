@@ -36,6 +36,7 @@ __all__ = [
     "PRESETS",
     "normalize",
     "describe",
+    "parse",
     "to_dicts",
     "from_dicts",
 ]
@@ -191,6 +192,26 @@ def normalize(algorithms) -> tuple[Algorithm, ...]:
             "(recipes.MDQFO_CLIPS)"
         )
     return tuple(seen[cls] for cls in ORDER if cls in seen)
+
+
+def parse(text: str) -> tuple[Algorithm, ...]:
+    """A recipe from its name on the command line: presets and algorithms (default knobs) joined by ``+``, any
+    case, e.g. ``MORPHOQUANT+Rotate+GPTQ``; ConfigError listing the names otherwise."""
+    presets = {name.lower(): preset for name, preset in PRESETS.items()}
+    algorithms = {name.lower(): cls for name, cls in _BY_NAME.items()}
+    out: list[Algorithm] = []
+    for part in str(text).split("+"):
+        key = part.strip().lower()
+        if key in presets:
+            out.extend(presets[key])
+        elif key in algorithms:
+            out.append(algorithms[key]())
+        else:
+            raise ConfigError(
+                f"unknown recipe part {part.strip()!r} in {text!r}; join presets {sorted(PRESETS)} and algorithms "
+                f"{sorted(_BY_NAME)} with '+' (e.g. MORPHOQUANT+Rotate), or pass a QuantConfig JSON file"
+            )
+    return normalize(tuple(out))
 
 
 def describe(algorithms: tuple[Algorithm, ...]) -> str:

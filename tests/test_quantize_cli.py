@@ -1,0 +1,118 @@
+"""Issue #17: ``mqcompile quantize SOURCE OUT.pt2`` on a saved exported program and on a checkpoint directory: the
+output loads, runs and equals ``mqcompile.quantize`` with the same recipe bit for bit; every bad input is one
+``mqcompile quantize: error: ...`` line with exit code 2."""
+
+import json
+
+import pytest
+import torch
+
+import mqcompile
+from mqcompile import QuantConfig, QuantizedProgram, recipes
+from mqcompile.cli import main
+from tests.conftest import toy_inputs
+
+
+@pytest.fixture
+def saved_toy(toy, tmp_path):
+    _, kwargs, ep = toy
+    path = tmp_path / "toy.pt2"
+    torch.export.save(ep, path)
+    calib = tmp_path / "calib.pt"
+    torch.save([toy_inputs(1), toy_inputs(2)], calib)
+    return ep, path, calib
+
+
+def _equal_programs(a: QuantizedProgram, b: QuantizedProgram, inputs) -> bool:
+    return torch.equal(a.module()(**inputs), b.module()(**inputs))
+
+
+def test_a_saved_exported_program_round_trips(saved_toy, tmp_path, capsys):
+    ep, path, calib = saved_toy
+    out = tmp_path / "q" / "toy_w4a4.pt2"
+    args = ["quantize", str(path), str(out), "--recipe", "SMOOTHQUANT", "--calibration", str(calib), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "exported program" in printed and "recipes.SMOOTHQUANT, calibration 2 batches" in printed
+    assert "Output fidelity vs float on 1 held-out batches" in printed  # the program's own example inputs
+    got = QuantizedProgram.load(out)
+    want = mqcompile.quantize(
+        ep, QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=[toy_inputs(1), toy_inputs(2)], progress=False
+    )
+    assert _equal_programs(got, want, toy_inputs(5))
+
+
+def test_json_output_and_flags(saved_toy, tmp_path, capsys):
+    ep, path, _ = saved_toy
+    out = tmp_path / "toy.pt2"
+    assert main(["quantize", str(path), str(out), "--default", "w8a8", "--modality", "audio=w4a16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["recipe"] == "recipes.RTN" and result["config"]["default"] == "w8a8"
+    assert result["linears"].get("audio/w4a16", 0) >= 1
+    assert {k.split("/")[1] for k in result["linears"] if not k.startswith("audio/")} <= {"w8a8", "float"}
+    assert result["bytes_after"] < result["bytes_before"] and set(result["fidelity"]) == {"all"}
+    want = mqcompile.quantize(ep, QuantConfig(default="w8a8", modality={"audio": "w4a16"}), progress=False)
+    assert _equal_programs(QuantizedProgram.load(out), want, toy_inputs(3))
+
+
+def test_the_tiny_thinker_directory_round_trips(tiny_thinker, tmp_path, capsys):
+    from mqcompile.models import export_thinker, load_thinker, make_sample, modality_token_ids
+
+    folder = tmp_path / "thinker"
+    tiny_thinker.save_pretrained(folder)
+    out = tmp_path / "thinker_w4a4.pt2"
+    assert main(["quantize", str(folder), str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Qwen2.5-Omni thinker" in printed
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()[:1] in (["text"], ["audio"])}
+    assert 0.9 < float(rows["audio"][-2]) < 1.0  # fidelity per token modality on a held-out sample
+    model = load_thinker(folder)
+    sample = make_sample(model, seed=0)
+    token_ids = {k: tuple(v) for k, v in modality_token_ids(model.config).items()}
+    want = mqcompile.quantize(export_thinker(model, sample), QuantConfig(modality_token_ids=token_ids), progress=False)
+    assert _equal_programs(QuantizedProgram.load(out), want, make_sample(model, seed=3))
+
+
+def _error(args, capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mqcompile quantize: error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_say_what_to_do(saved_toy, tmp_path, capsys):
+    ep, path, calib = saved_toy
+    out = str(tmp_path / "o.pt2")
+    q = tmp_path / "already.pt2"
+    mqcompile.quantize(ep, progress=False).save(q)
+    (tmp_path / "empty").mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "llama"}')
+    wrong = tmp_path / "wrong.pt"
+    torch.save([{"input_ids": torch.zeros(1, 3, dtype=torch.long)}], wrong)
+    evil = tmp_path / "evil.pt"
+    torch.save([{"x": torch.nn.Linear(2, 2)}], evil)  # a module: only a full unpickle could read it
+    cases = [
+        ([str(tmp_path / "nope.pt2"), out], "does not exist"),
+        ([str(tmp_path / "empty"), out], "has no config.json"),
+        ([str(other), out], "holds a 'llama' model; the adapters know"),
+        ([str(q), out], "already a QuantizedProgram"),
+        ([str(path), str(tmp_path / "o.bin")], "name the output file .pt2"),
+        ([str(path), out, "--recipe", "FASTQUANT"], "unknown recipe part 'FASTQUANT'"),
+        ([str(path), out, "--recipe", str(tmp_path / "r.json")], "no such file"),
+        ([str(path), out, "--modality", "audio:w8a8"], "write PATH=SCHEME"),
+        ([str(path), out, "--modality", "audio=w3a3"], "unknown scheme"),
+        ([str(path), out, "--recipe", "MORPHOQUANT"], "calibrates, and no calibration was given; pass --calibration"),
+        (
+            [str(path), out, "--recipe", "MORPHOQUANT", "--calibration", "builtin"],
+            "no builtin data for this source",
+        ),
+        ([str(path), out, "--calibration", str(tmp_path / "c.pt")], "no such file"),
+        ([str(path), out, "--recipe", "SMOOTHQUANT", "--calibration", str(evil)], "weights_only=True"),
+        ([str(path), out, "--recipe", "SMOOTHQUANT", "--calibration", str(wrong)], "calibration batch 0: got inputs"),
+        ([str(path), out, "--calibration", str(calib), "--samples", "0"], "--samples 0: must be >= 1"),
+    ]
+    for args, message in cases:
+        assert message in _error(["quantize", *args, "--no-progress"], capsys), (args, message)
+    assert not (tmp_path / "o.pt2").exists()
