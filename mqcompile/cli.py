@@ -73,6 +73,7 @@ def _quantize(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         progress=not (args.no_progress or args.json),
+        report=args.report,
     )
     if args.json:
         sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2) + "\n")
@@ -107,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     from .evaluation.suite import METHODS, TASKS
 
-    ev = sub.add_parser("eval", help="real-weights suite: tasks x methods -> ./mqcompile-results/ (needs the eval extra)")
+    ev = sub.add_parser(
+        "eval", help="real-weights suite: tasks x methods -> ./mqcompile-results/ (needs the eval extra)"
+    )
     ev.add_argument("--quick", action="store_true", help="small slices (minutes), for CI and smoke tests")
     ev.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ev.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ev.add_argument("--out", default=None, help="markdown path (default ./mqcompile-results/RESULTS.md, quick: RESULTS_quick.md there)")
+    ev.add_argument(
+        "--out",
+        default=None,
+        help="markdown path (default mqcompile-results/RESULTS.md, quick: RESULTS_quick.md)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         "--calibration", default=None, help="'builtin' (offline data of the eval extra) or a .pt list of input batches"
     )
     qz.add_argument("--samples", type=int, default=None, help="calibration batches to use (builtin default 8)")
+    qz.add_argument(
+        "--report", default=None, metavar="DIR", help="write the error report (HTML + PNGs) there; needs matplotlib"
+    )
     qz.add_argument("--seed", type=int, default=0)
     qz.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")
     qz.add_argument("--no-progress", action="store_true")

@@ -96,6 +96,14 @@ class QuantizedProgram:
                 )
         return "\n".join(lines)
 
+    def write_report(self, out_dir, float_program, batches, linears=None) -> str:
+        """Write the quantization report (:func:`mqcompile.report.write_report`: one HTML file with the PNGs
+        embedded, and the PNGs) measured on ``batches`` against ``float_program``, the program this one was
+        quantized from; returns the HTML's path. Needs the ``report`` extra (matplotlib)."""
+        from .report import write_report
+
+        return write_report(out_dir, float_program, self, batches, linears)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write a ``.pt2`` archive (torch.export format plus mqcompile's config and report); bit-exact on load."""
         header = {"format": FORMAT_VERSION, "config": self.config.to_dict(), "report": self.report}

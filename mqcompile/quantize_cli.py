@@ -129,6 +129,7 @@ def quantize_source(
     samples: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Load ``source`` (:func:`mqcompile.models.sources.load_source`), quantize it as the flags say, save to
     ``out``, measure fidelity on the source's held-out batches; returns what :func:`format_result` prints."""
@@ -159,6 +160,11 @@ def quantize_source(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     qp.save(out)
     fidelity = _fidelity(src.program.module(), qp.module(), src.held_out, dict(config.modality_token_ids))
+    report_path = None
+    if report is not None:
+        if not src.held_out:
+            raise CalibrationError("--report: the source has no held-out batches to measure on")
+        report_path = qp.write_report(report, src.program, src.held_out)
     linears: dict[str, int] = {}
     for rec in qp.linears():
         key = f"{rec.modality}/{rec.scheme}"
@@ -176,6 +182,7 @@ def quantize_source(
         "bytes_after": qp.report["bytes_after"],
         "fidelity": fidelity,
         "held_out_batches": len(src.held_out),
+        "report": report_path,
         "seconds": {"load": loaded - start, "quantize": quantized - loaded, "total": time.perf_counter() - start},
         "summary": qp.summary(),
     }
@@ -197,6 +204,8 @@ def format_result(result: dict[str, Any]) -> str:
             lines.append(f"{name:<10}{f['rows']:>8}{f['cosine']:>10.4f}{f['sqnr_db']:>10.2f}")
     else:
         lines.append("no held-out batches to measure fidelity on (the source carries no example inputs)")
+    if result.get("report"):
+        lines += ["", f"report: {result['report']} (and its PNGs)"]
     s = result["seconds"]
     lines += ["", f"load {s['load']:.1f} s, quantize {s['quantize']:.1f} s, total {s['total']:.1f} s"]
     return "\n".join(lines)

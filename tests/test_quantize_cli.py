@@ -116,3 +116,11 @@ def test_bad_inputs_say_what_to_do(saved_toy, tmp_path, capsys):
     for args, message in cases:
         assert message in _error(["quantize", *args, "--no-progress"], capsys), (args, message)
     assert not (tmp_path / "o.pt2").exists()
+
+
+def test_report_flag_writes_the_report(saved_toy, tmp_path, capsys):
+    _, path, calib = saved_toy
+    args = ["quantize", str(path), str(tmp_path / "q.pt2"), "--recipe", "DABC_ONLY", "--calibration", str(calib)]
+    assert main([*args, "--report", str(tmp_path / "rep"), "--no-progress"]) == 0
+    assert f"report: {tmp_path / 'rep' / 'report.html'}" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "layers.png").is_file() and (tmp_path / "rep" / "dabc.png").is_file()

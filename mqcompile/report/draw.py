@@ -1,0 +1,147 @@
+"""The report's figures, drawn with matplotlib's object API (``Figure``, no pyplot: nothing global changes, no
+display needed). Each figure's axes carry titles that say what they show; tests read them.
+
+Example:
+    >>> figures = draw(collect(float_ep, qp, [batch]))  # doctest: +SKIP
+    >>> [ax.get_title() for ax in figures["layers"].axes]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .collect import ReportData
+
+__all__ = ["draw"]
+
+_COLORS = {"text": "tab:blue", "vision": "tab:green", "audio": "tab:orange", "fused": "tab:purple", "all": "tab:gray"}
+
+
+def _figure(rows: int = 1, cols: int = 1, width: float = 10, height: float = 4):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height * rows), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _layers(data: ReportData):
+    fused = bool(data.token_layers)
+    fig, axes = _figure(2 if fused else 1)
+    ax = axes[0][0]
+    for path in sorted({p for _, p, _ in data.layers}):
+        points = [(i, v) for i, (_, p, v) in enumerate(data.layers) if p == path and math.isfinite(v)]
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, lw=0.8, label=path, color=_COLORS.get(path))
+    ax.set_title("Per-linear output SQNR along the depth, by modality path")
+    ax.set_xlabel("linear, in program order")
+    ax.set_ylabel("SQNR vs float (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if fused:
+        ax = axes[1][0]
+        for group, points in sorted(data.token_layers.items()):
+            ax.plot(*zip(*points), "o-", ms=3, lw=0.8, label=f"{group} tokens", color=_COLORS.get(group))
+        ax.set_title("Fused linears: output SQNR by token modality")
+        ax.set_xlabel("linear, in program order")
+        ax.set_ylabel("SQNR vs float (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def _profile(ax, groups: dict[str, torch.Tensor], title: str) -> None:
+    for key, rows in groups.items():
+        ax.plot(rows.abs().amax(0).numpy(), lw=0.7, label=key, color=_COLORS.get(key))
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("input channel")
+    ax.set_ylabel("max |x|")
+    ax.legend()
+
+
+def _histogram(ax, groups: dict[str, torch.Tensor], title: str) -> None:
+    for key, rows in groups.items():
+        ax.hist(rows.flatten().numpy(), bins=120, histtype="step", log=True, label=key, color=_COLORS.get(key))
+    ax.set_title(title)
+    ax.set_xlabel("value")
+    ax.set_ylabel("count")
+    ax.legend()
+
+
+def _morphology(name: str, entry: dict):
+    fig, axes = _figure(2, 2, width=12, height=3.6)
+    fig.suptitle(f"Activation morphology of {name} ({entry['path']} path), by token modality")
+    _profile(axes[0][0], entry["before"], "per-channel max |x|, float input")
+    _histogram(axes[1][0], entry["before"], "values, float input")
+    after = entry["after"] or {}
+    _profile(axes[0][1], after, "per-channel max |x|, as quantized (rotated, DABC-shifted)")
+    _histogram(axes[1][1], after, "values, as quantized (rotated, DABC-shifted)")
+    return fig
+
+
+def _dabc(data: ReportData):
+    fig, axes = _figure()
+    ax = axes[0][0]
+    if not data.dabc:
+        ax.set_title("DABC: channels moved into the bias per linear (none: the recipe has no DABC shifts)")
+        ax.axis("off")
+        return fig
+    names = list(data.dabc)
+    rows = sorted({r for moved in data.dabc.values() for r in moved})
+    width = 0.8 / len(rows)
+    for j, row in enumerate(rows):
+        ax.bar(
+            [i + j * width for i in range(len(names))],
+            [data.dabc[n].get(row, 0) for n in names],
+            width,
+            label=row,
+            color=_COLORS.get(row),
+        )
+    ax.set_title("DABC: channels moved into the bias per linear, by token modality")
+    ax.set_xlabel("linear, in program order")
+    ax.set_ylabel("channels")
+    ax.legend()
+    return fig
+
+
+def _mdqfo(data: ReportData):
+    fig, axes = _figure()
+    ax = axes[0][0]
+    if not data.mdqfo:
+        ax.set_title("MDQFO: loss before and after per linear (none: the recipe has no MDQFO)")
+        ax.axis("off")
+        return fig
+    losses = list(data.mdqfo.values())
+    index = range(len(losses))
+    ax.plot(index, [rtn for rtn, _, _ in losses], "o", ms=3, label="round to nearest", color="tab:red")
+    ax.plot(index, [after for _, _, after in losses], "o", ms=3, label="after MDQFO", color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_title("MDQFO: loss before and after per linear")
+    ax.set_xlabel("linear, in program order")
+    ax.set_ylabel("output MSE on calibration tokens")
+    ax.legend()
+    return fig
+
+
+def _bytes(data: ReportData):
+    fig, axes = _figure(width=6)
+    ax = axes[0][0]
+    before, after, rotation = (data.bytes.get(k, 0) / 2**20 for k in ("bytes_before", "bytes_after", "bytes_rotation"))
+    ax.bar(["float", "quantized"], [before, after - rotation], color=["tab:gray", "tab:blue"], label="weights")
+    if rotation:
+        ax.bar(["quantized"], [rotation], bottom=[after - rotation], color="tab:cyan", label="rotation blocks")
+    ax.set_title("Weights and buffers: MiB before and after")
+    ax.set_ylabel("MiB")
+    ax.legend()
+    return fig
+
+
+def draw(data: ReportData) -> dict:
+    """``{file stem: Figure}``: layers, one morphology figure per chosen linear, dabc, mdqfo, bytes."""
+    figures = {"layers": _layers(data)}
+    for i, (name, entry) in enumerate(data.morphology.items()):
+        figures[f"morphology_{i}"] = _morphology(name, entry)
+    figures.update(dabc=_dabc(data), mdqfo=_mdqfo(data), bytes=_bytes(data))
+    return figures
