@@ -39,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run_suite, write_results
-    from .evaluation.suite import format_results
+    from .evaluation.suite import format_results, layer_plots
 
     # results of a user's run go to the working directory, never into the package's docs/ (--out to choose)
     out = args.out or os.path.join("mqcompile-results", "RESULTS_quick.md" if args.quick else "RESULTS.md")
@@ -54,7 +54,9 @@ def _eval(args: argparse.Namespace) -> int:
         command=command,
     )
     write_results(data, out)
-    sys.stdout.write(format_results(data) + f"\nwrote {out} and its .json\n")
+    plots = layer_plots(data, os.path.splitext(out)[0] + "_layers")
+    sys.stdout.write(format_results(data) + f"\nwrote {out} and its .json")
+    sys.stdout.write(f", and {len(plots)} per-layer plots in {os.path.dirname(plots[0])}\n" if plots else "\n")
     return 0
 
 

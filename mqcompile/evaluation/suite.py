@@ -141,6 +141,8 @@ class MethodResult:
     eval_s: float
     layer_sqnr_db: dict[str, float] = field(default_factory=dict)  # mean per modality path
     linears: dict[str, int] = field(default_factory=dict)  # per modality path
+    # per linear in program order: [program/linear name, modality path, SQNR dB] (the per-layer plot)
+    layers: list[list] = field(default_factory=list)
 
 
 def method_config(spec: Any, overrides: Mapping[str, Any]) -> QuantConfig:
@@ -162,7 +164,7 @@ def run_task(
     for method in methods:
         overrides = METHODS[method]
         start = time.perf_counter()
-        modules, sqnr, linears = {}, {}, {}
+        modules, sqnr, linears, layers = {}, {}, {}, []
         for name, spec in specs.items():
             if overrides is None:
                 modules[name] = spec.program.module()
@@ -173,13 +175,14 @@ def run_task(
             modules[name] = qp.module()
             per_linear = layer_sqnr(spec.program, qp.exported_program, spec.probe, config, spec.probe_groups)
             sqnr.update({f"{name}/{k}": v for k, v in per_linear.items()})
+            layers += [[f"{name}/{r.name}", *per_linear[r.name]] for r in qp.linears() if r.name in per_linear]
             for rec in qp.linears():
                 linears[rec.modality] = linears.get(rec.modality, 0) + 1
         quantize_s = time.perf_counter() - start
         start = time.perf_counter()
         metrics = task.evaluate(modules)  # tasks manage grad mode themselves (a probe may need autograd)
         eval_s = time.perf_counter() - start
-        out[method] = MethodResult(metrics, quantize_s, eval_s, by_modality(sqnr), linears)
+        out[method] = MethodResult(metrics, quantize_s, eval_s, by_modality(sqnr), linears, layers)
         if on_method is not None:
             on_method(method, out[method])
         log.info("%s %s: %s (quantize %.1fs, eval %.1fs)", task.name, method, metrics, quantize_s, eval_s)
@@ -295,6 +298,27 @@ def format_results(data: Mapping[str, Any]) -> str:
                     lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def layer_plots(data: Mapping[str, Any], folder: str) -> list[str]:
+    """One PNG per (task, quantized method) row: its per-linear output SQNR along the depth, by modality path (the
+    report's plot); skipped with a log line when matplotlib is missing. Returns the paths written."""
+    try:
+        from ..report import ReportData, draw_layers
+    except ModuleNotFoundError as exc:
+        log.info("no per-layer plots (%s)", exc)
+        return []
+    written = []
+    for task, entry in data.get("results", {}).items():
+        for method, row in entry.get("methods", {}).items():
+            if not row.get("layers"):
+                continue
+            fig = draw_layers(ReportData(layers=[tuple(x) for x in row["layers"]]), f"{task} {method}")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{task}_{method}.png")
+            fig.savefig(path, dpi=100)
+            written.append(path)
+    return written
 
 
 def write_results(data: Mapping[str, Any], markdown_path: str, json_path: str | None = None) -> None:

@@ -15,9 +15,9 @@ import os
 from collections.abc import Sequence
 
 from .collect import ReportData, collect
-from .draw import draw
+from .draw import draw, draw_layers
 
-__all__ = ["write_report", "collect", "draw", "ReportData"]
+__all__ = ["write_report", "collect", "draw", "draw_layers", "ReportData"]
 
 _SECTIONS = {
     "layers": "Output SQNR along the depth",

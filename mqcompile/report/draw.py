@@ -14,7 +14,7 @@ import torch
 
 from .collect import ReportData
 
-__all__ = ["draw"]
+__all__ = ["draw", "draw_layers"]
 
 _COLORS = {"text": "tab:blue", "vision": "tab:green", "audio": "tab:orange", "fused": "tab:purple", "all": "tab:gray"}
 
@@ -48,6 +48,14 @@ def _layers(data: ReportData):
         ax.set_ylabel("SQNR vs float (dB)")
         ax.grid(alpha=0.3)
         ax.legend()
+    return fig
+
+
+def draw_layers(data: ReportData, label: str | None = None):
+    """The per-layer SQNR figure alone (``mqcompile eval`` draws one per row), titled ``label`` when given."""
+    fig = _layers(data)
+    if label:
+        fig.suptitle(label)
     return fig
 
 

@@ -1,11 +1,14 @@
 """The suite runner on a synthetic task (no assets needed)."""
 
 import json
+import os
 
 import torch
 
 from mqcompile.evaluation import METHODS, Metric, ProgramSpec, format_results, run_task, write_results
 from mqcompile.evaluation.layer_sqnr import by_modality, layer_sqnr
+from mqcompile.evaluation.suite import layer_plots
+from mqcompile.report import ReportData, draw_layers
 from tests.conftest import TOY_CONFIG, Toy, toy_inputs
 
 
@@ -51,6 +54,17 @@ def test_run_task_all_methods_and_tables(tmp_path):
     assert "| W4A4-SmoothQuant | " in text and "agree (↑)" in text and "| method | audio | fused | vision |" in text
     write_results(data, str(tmp_path / "R.md"))
     assert json.loads((tmp_path / "R.json").read_text())["results"]["toy"]["methods"]["FP"]["metrics"]["agree"] == 100
+    # issue #17: the per-layer plot for every quantized row, from the per-linear SQNR the row records
+    assert [name for name, _, _ in results["W4A4-RTN"].layers] == [
+        f"main/{n}" for n in ("v", "a", "d1", "d2", "lm_head")
+    ]
+    assert results["FP"].layers == []
+    plots = layer_plots(data, str(tmp_path / "R_layers"))
+    assert len(plots) == len(METHODS) - 1 and all(os.path.isfile(p) for p in plots)
+    fig = draw_layers(ReportData(layers=[tuple(x) for x in results["W4A4-RTN"].layers]), "toy W4A4-RTN")
+    assert fig.get_suptitle() == "toy W4A4-RTN"
+    assert fig.axes[0].get_title() == "Per-linear output SQNR along the depth, by modality path"
+    assert {line.get_label() for line in fig.axes[0].get_lines()} == {"vision", "audio", "fused"}
 
 
 def test_layer_sqnr_finite_for_quantized_inf_for_float(toy):
