@@ -26,6 +26,21 @@ def _figure(rows: int = 1, cols: int = 1, width: float = 10, height: float = 4):
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
+def _empty(title: str):
+    """A figure that says, in its title, what did not run."""
+    fig, axes = _figure(height=1)
+    axes[0][0].set_title(title)
+    axes[0][0].axis("off")
+    return fig
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+
+
 def _layers(data: ReportData):
     fused = bool(data.token_layers)
     fig, axes = _figure(2 if fused else 1)
@@ -34,20 +49,14 @@ def _layers(data: ReportData):
         points = [(i, v) for i, (_, p, v) in enumerate(data.layers) if p == path and math.isfinite(v)]
         if points:
             ax.plot(*zip(*points), "o-", ms=3, lw=0.8, label=path, color=_COLORS.get(path))
-    ax.set_title("Per-linear output SQNR along the depth, by modality path")
-    ax.set_xlabel("linear, in program order")
-    ax.set_ylabel("SQNR vs float (dB)")
+    _label(ax, "Per-linear output SQNR along the depth, by modality path", "linear, in program order", "SQNR (dB)")
     ax.grid(alpha=0.3)
-    ax.legend()
     if fused:
         ax = axes[1][0]
         for group, points in sorted(data.token_layers.items()):
             ax.plot(*zip(*points), "o-", ms=3, lw=0.8, label=f"{group} tokens", color=_COLORS.get(group))
-        ax.set_title("Fused linears: output SQNR by token modality")
-        ax.set_xlabel("linear, in program order")
-        ax.set_ylabel("SQNR vs float (dB)")
+        _label(ax, "Fused linears: output SQNR by token modality", "linear, in program order", "SQNR (dB)")
         ax.grid(alpha=0.3)
-        ax.legend()
     return fig
 
 
@@ -63,19 +72,13 @@ def _profile(ax, groups: dict[str, torch.Tensor], title: str) -> None:
     for key, rows in groups.items():
         ax.plot(rows.abs().amax(0).numpy(), lw=0.7, label=key, color=_COLORS.get(key))
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.set_xlabel("input channel")
-    ax.set_ylabel("max |x|")
-    ax.legend()
+    _label(ax, title, "input channel", "max |x|")
 
 
 def _histogram(ax, groups: dict[str, torch.Tensor], title: str) -> None:
     for key, rows in groups.items():
         ax.hist(rows.flatten().numpy(), bins=120, histtype="step", log=True, label=key, color=_COLORS.get(key))
-    ax.set_title(title)
-    ax.set_xlabel("value")
-    ax.set_ylabel("count")
-    ax.legend()
+    _label(ax, title, "value", "count")
 
 
 def _morphology(name: str, entry: dict):
@@ -90,12 +93,10 @@ def _morphology(name: str, entry: dict):
 
 
 def _dabc(data: ReportData):
+    if not data.dabc:
+        return _empty("DABC: channels moved into the bias per linear (none: the recipe has no DABC shifts)")
     fig, axes = _figure()
     ax = axes[0][0]
-    if not data.dabc:
-        ax.set_title("DABC: channels moved into the bias per linear (none: the recipe has no DABC shifts)")
-        ax.axis("off")
-        return fig
     names = list(data.dabc)
     rows = sorted({r for moved in data.dabc.values() for r in moved})
     width = 0.8 / len(rows)
@@ -107,29 +108,23 @@ def _dabc(data: ReportData):
             label=row,
             color=_COLORS.get(row),
         )
-    ax.set_title("DABC: channels moved into the bias per linear, by token modality")
-    ax.set_xlabel("linear, in program order")
-    ax.set_ylabel("channels")
-    ax.legend()
+    _label(
+        ax, "DABC: channels moved into the bias per linear, by token modality", "linear, in program order", "channels"
+    )
     return fig
 
 
 def _mdqfo(data: ReportData):
+    if not data.mdqfo:
+        return _empty("MDQFO: loss before and after per linear (none: the recipe has no MDQFO)")
     fig, axes = _figure()
     ax = axes[0][0]
-    if not data.mdqfo:
-        ax.set_title("MDQFO: loss before and after per linear (none: the recipe has no MDQFO)")
-        ax.axis("off")
-        return fig
     losses = list(data.mdqfo.values())
     index = range(len(losses))
     ax.plot(index, [rtn for rtn, _, _ in losses], "o", ms=3, label="round to nearest", color="tab:red")
     ax.plot(index, [after for _, _, after in losses], "o", ms=3, label="after MDQFO", color="tab:blue")
     ax.set_yscale("log")
-    ax.set_title("MDQFO: loss before and after per linear")
-    ax.set_xlabel("linear, in program order")
-    ax.set_ylabel("output MSE on calibration tokens")
-    ax.legend()
+    _label(ax, "MDQFO: loss before and after per linear", "linear, in program order", "loss on calibration tokens")
     return fig
 
 
