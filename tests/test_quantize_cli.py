@@ -124,3 +124,54 @@ def test_report_flag_writes_the_report(saved_toy, tmp_path, capsys):
     assert main([*args, "--report", str(tmp_path / "rep"), "--no-progress"]) == 0
     assert f"report: {tmp_path / 'rep' / 'report.html'}" in capsys.readouterr().out
     assert (tmp_path / "rep" / "layers.png").is_file() and (tmp_path / "rep" / "dabc.png").is_file()
+
+
+def _tiny_qwen2_folder(folder):
+    """A tiny random Qwen2 causal LM with a byte-level tokenizer of its own (every byte one token; no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(folder)
+    config = Qwen2Config(
+        vocab_size=len(alphabet),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(config).save_pretrained(folder)
+
+
+@pytest.mark.assets  # the builtin calibration reads the eval extra's Wikipedia dump
+def test_a_causal_lm_directory_with_builtin_calibration_round_trips(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from mqcompile.models.qwen2_text import export_causal_lm
+    from mqcompile.models.sources import load_source
+
+    folder = tmp_path / "lm"
+    _tiny_qwen2_folder(folder)
+    out = tmp_path / "lm_w4a4.pt2"
+    args = ["quantize", str(folder), str(out), "--recipe", "SMOOTHQUANT", "--calibration", "builtin", "--samples", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Qwen2-family causal LM" in printed and "calibration 2 batches (builtin: Wikipedia" in printed
+    assert "Output fidelity vs float on 1 held-out batches" in printed
+    source = load_source(folder)
+    batches = source.builtin(2)
+    assert [b["input_ids"].shape for b in batches] == [(1, 256), (1, 256)]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    ep = export_causal_lm(
+        model, source.program.example_inputs[1]["input_ids"], source.program.example_inputs[1]["attention_mask"]
+    )
+    want = mqcompile.quantize(ep, QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=batches, progress=False)
+    probe = source.held_out[0]
+    assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
