@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     qz.add_argument(
         "source",
-        help="a .pt2 from torch.export.save, or a checkpoint directory (Qwen2.5-Omni thinker, Qwen2-family causal LM)",
+        help="a .pt2 from torch.export.save, or a checkpoint directory (Qwen2.5-Omni thinker, Qwen2 causal LM, DINOv2)",
     )
     qz.add_argument("output", help="the QuantizedProgram .pt2 to write")
     qz.add_argument(

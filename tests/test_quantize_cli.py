@@ -23,11 +23,21 @@ def saved_toy(toy, tmp_path):
     return ep, path, calib
 
 
+@pytest.fixture
+def one_thread():
+    """Calibrated recipes move by last-bit float noise under several threads (docs/method.md): bit-for-bit
+    comparisons of two quantize runs need one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _equal_programs(a: QuantizedProgram, b: QuantizedProgram, inputs) -> bool:
     return torch.equal(a.module()(**inputs), b.module()(**inputs))
 
 
-def test_a_saved_exported_program_round_trips(saved_toy, tmp_path, capsys):
+def test_a_saved_exported_program_round_trips(saved_toy, tmp_path, capsys, one_thread):
     ep, path, calib = saved_toy
     out = tmp_path / "q" / "toy_w4a4.pt2"
     args = ["quantize", str(path), str(out), "--recipe", "SMOOTHQUANT", "--calibration", str(calib), "--no-progress"]
@@ -151,7 +161,7 @@ def _tiny_qwen2_folder(folder):
 
 
 @pytest.mark.assets  # the builtin calibration reads the eval extra's Wikipedia dump
-def test_a_causal_lm_directory_with_builtin_calibration_round_trips(tmp_path, capsys):
+def test_a_causal_lm_directory_with_builtin_calibration_round_trips(tmp_path, capsys, one_thread):
     from transformers import AutoModelForCausalLM
 
     from mqcompile.models.qwen2_text import export_causal_lm
@@ -173,5 +183,27 @@ def test_a_causal_lm_directory_with_builtin_calibration_round_trips(tmp_path, ca
         model, source.program.example_inputs[1]["input_ids"], source.program.example_inputs[1]["attention_mask"]
     )
     want = mqcompile.quantize(ep, QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=batches, progress=False)
+    probe = source.held_out[0]
+    assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
+
+
+@pytest.mark.assets  # the builtin calibration and the held-out images are scikit-image's, from the eval extra
+def test_a_vit_directory_with_builtin_calibration_round_trips(tmp_path, capsys, one_thread):
+    from mqcompile.models.sources import load_source
+    from tests.tiny_models import tiny_dinov2
+
+    folder = tmp_path / "vit"
+    tiny_dinov2().save_pretrained(folder)
+    out = tmp_path / "vit_w4a4.pt2"
+    args = ["quantize", str(folder), str(out), "--recipe", "DABC_ONLY", "--calibration", "builtin", "--samples", "2"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "DINOv2-style ViT" and result["calibration"]["batches"] == 2
+    assert set(result["fidelity"]) == {"all"} and result["fidelity"]["all"]["rows"] > 0
+    source = load_source(folder)
+    assert list(source.program.graph_signature.user_inputs) == ["pixel_values"]
+    want = mqcompile.quantize(
+        source.program, QuantConfig(algorithms=recipes.DABC_ONLY), source.builtin(2), progress=False
+    )
     probe = source.held_out[0]
     assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))

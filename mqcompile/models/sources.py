@@ -2,7 +2,8 @@
 the adapters knows, exported by that adapter with its sample inputs.
 
 Known directories (by ``config.json``'s ``model_type``): a Qwen2.5-Omni thinker (``qwen2_5_omni_thinker``, or a
-full ``qwen2_5_omni`` checkpoint, whose thinker is used) and a Qwen2-family causal LM (``qwen2``). Each source says
+full ``qwen2_5_omni`` checkpoint, whose thinker is used), a Qwen2-family causal LM (``qwen2``) and a DINOv2-style
+ViT (``dinov2``, exported at 112 x 112 pixels as the suite does). Each source says
 which token ids mark each modality, which held-out batches measure fidelity (never used for calibration), and how
 to build the ``builtin`` calibration, when it can.
 
@@ -29,7 +30,7 @@ __all__ = ["Source", "load_source", "KNOWN_MODEL_TYPES"]
 
 log = logging.getLogger(__name__)
 
-KNOWN_MODEL_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni", "qwen2")
+KNOWN_MODEL_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni", "qwen2", "dinov2")
 
 
 @dataclass
@@ -95,6 +96,8 @@ def _directory(root: Path, seed: int) -> Source:
     model_type = _model_type(root)
     if model_type == "qwen2":
         return _causal_lm(root)
+    if model_type == "dinov2":
+        return _vit(root, seed)
     return _thinker(root, seed)
 
 
@@ -167,3 +170,41 @@ def _held_out_text(batch: Callable[[str], dict | None]) -> list[dict]:
 
     found = batch("\n\n".join(topics[key].strip() for key in sorted(topics)[:40]))
     return [] if found is None else [found]
+
+
+_VIT_SIZE = 112  # the suite's image size: 8 x 8 patches of 14 (224 costs ~5x on CPU)
+_VIT_BATCH = 4
+
+
+def _vit(root: Path, seed: int) -> Source:
+    from transformers import Dinov2Model
+
+    from .dinov2 import export_dinov2
+    from .loading import quiet_loading
+
+    with quiet_loading():
+        model = Dinov2Model.from_pretrained(root, attn_implementation="eager", dtype=torch.float32).eval()
+    size = _VIT_SIZE - _VIT_SIZE % model.config.patch_size
+    gen = torch.Generator().manual_seed(seed)
+    program = export_dinov2(model, torch.randn(2, 3, size, size, generator=gen))  # shapes only: batch is dynamic
+
+    def builtin(n: int) -> list[dict]:
+        from mqcompile.evaluation.vision import calibration_images, preprocess
+
+        pixels = preprocess(calibration_images(n * _VIT_BATCH, seed), size)
+        return [{"pixel_values": b} for b in pixels.split(_VIT_BATCH)]
+
+    held_out = []
+    try:  # 2 faces and 2 other thumbnails of LFW, a set the builtin calibration never draws from
+        from mqcompile.evaluation.vision import lfw_images, preprocess
+
+        held_out = [{"pixel_values": preprocess(lfw_images()[0][::50], size)}]
+    except (ImportError, CheckpointError) as exc:  # scikit-image's data comes with the eval extra
+        log.info("no held-out images for the fidelity table (%s)", exc)
+    return Source(
+        program=program,
+        kind="DINOv2-style ViT",
+        held_out=held_out,
+        builtin=builtin,
+        builtin_what=f"random crops of scikit-image's sample photos, {_VIT_BATCH} images of {size} x {size} a batch",
+    )
