@@ -98,10 +98,12 @@ def _folded(node: fx.Node, x: fx.Node) -> tuple[fx.Node, fx.Node]:
     if x.op != "call_function" or x.target not in _FLATTENS or len(node.users) != 1:
         return x, node
     source, (after,) = x.args[0], node.users
-    sval, aval, xval = source.meta.get("val"), after.meta.get("val"), x.meta.get("val")
-    if after.op != "call_function" or after.target not in _FLATTENS or not isinstance(sval, torch.Tensor):
+    if not isinstance(source, fx.Node) or after.op != "call_function" or after.target not in _FLATTENS:
         return x, node
-    if not isinstance(aval, torch.Tensor) or sval.dim() < 3 or xval.dim() != 2:
+    sval, aval, xval = source.meta.get("val"), after.meta.get("val"), x.meta.get("val")
+    if after.args[0] is not node or not all(isinstance(v, torch.Tensor) for v in (sval, aval, xval)):
+        return x, node
+    if sval.dim() < 3 or xval.dim() != 2:
         return x, node
     if not _same(sval.shape[-1:], xval.shape[-1:]) or not _same(sval.shape[:-1], aval.shape[:-1]):
         return x, node
