@@ -82,8 +82,8 @@ def quantize(
 
         check(ep, PassContext(config))  # raises the documented error
     batches = None
+    spec = InputSpec(ep)  # read once from the graph, for the calibration batches and the example inputs
     if calibration is not None:
-        spec = InputSpec(ep)
         batches = [spec.check(b, where=f"calibration batch {i}") for i, b in enumerate(calibration)]
         if not config.needs_calibration:
             log.warning(
@@ -93,7 +93,7 @@ def quantize(
                 config.recipe,
             )
     if example_inputs is not None:
-        example_inputs = check_inputs(ep, example_inputs, where="example_inputs")
+        example_inputs = spec.check(example_inputs, where="example_inputs")
     ctx = PassContext(config=config, example_inputs=example_inputs, calibration=batches, progress=progress)
     program, report = run_pipeline(copy_program(ep), ctx, progress=progress)
     if report["find_linears"]["linears"] == 0:

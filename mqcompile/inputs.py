@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 from .errors import CalibrationError, InputError, NonFiniteError
 from .graph.export import user_input_nodes
 
-__all__ = ["InputSpec", "CheckedModule", "as_batch"]
+__all__ = ["InputSpec", "CheckedModule", "as_batch", "call_form"]
 
 
 def as_batch(batch) -> tuple[tuple, dict]:
@@ -50,11 +50,11 @@ def _embedding_rows(node: fx.Node) -> int | None:
 
 
 def _children(spec) -> list:
-    # ``children()`` replaced the deprecated ``children_specs`` in torch 2.13; the GPU machine runs 2.11
+    # torch 2.13 deprecates ``children_specs`` for ``children()``; an older torch may have only the former
     return list(spec.children()) if hasattr(spec, "children") else list(spec.children_specs)
 
 
-def _call_form(ep: ExportedProgram) -> tuple[int, list[str]] | None:
+def call_form(ep: ExportedProgram) -> tuple[int, list[str]] | None:
     """(number of positional inputs, keyword names) as exported, when every input is one tensor or value."""
     spec = ep.call_spec.in_spec
     if spec is None or spec.num_children != 2:
@@ -70,14 +70,13 @@ class InputSpec:
 
     def __init__(self, ep: ExportedProgram):
         self.inputs = [(n.name, n.meta.get("val")) for n in user_input_nodes(ep).values()]
-        self.call = _call_form(ep)
-        self.vocab = {
-            n.name: rows
-            for n in user_input_nodes(ep).values()
-            if isinstance(n.meta.get("val"), torch.Tensor) and not n.meta["val"].is_floating_point()
-            for rows in [_embedding_rows(n)]
-            if rows is not None
-        }
+        self.call = call_form(ep)
+        self.vocab: dict[str, int] = {}  # integer input -> rows of the smallest embedding it indexes
+        for node in user_input_nodes(ep).values():
+            val = node.meta.get("val")
+            rows = _embedding_rows(node) if isinstance(val, torch.Tensor) and not val.is_floating_point() else None
+            if rows is not None:
+                self.vocab[node.name] = rows
 
     def check(
         self,

@@ -25,6 +25,7 @@ from .api import quantize
 from .config import MODALITIES, PATHS, QuantConfig
 from .errors import CalibrationError, ConfigError
 from .graph.linears import token_modality_ids
+from .inputs import as_batch
 from .metrics import cosine, sqnr_db
 
 __all__ = ["quantize_source", "format_result", "load_calibration", "build_config"]
@@ -97,7 +98,7 @@ def _fidelity(float_module, quant_module, batches: list, token_ids: dict) -> dic
     row per input token and token ids mark modalities) else over all of it."""
     groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for batch in batches:
-        args, kwargs = batch if isinstance(batch, tuple) else ((), batch)
+        args, kwargs = as_batch(batch)
         with torch.no_grad():
             ref = _first_tensor(float_module(*args, **kwargs)).float()
             test = _first_tensor(quant_module(*args, **kwargs)).float()

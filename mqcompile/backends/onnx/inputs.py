@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch.export import ExportedProgram
 
 from ...errors import CalibrationError, UnsupportedProgramError
 from ...graph.export import user_input_nodes
+from ...inputs import as_batch, call_form
 
 __all__ = ["Inputs", "match_inputs", "check_static_dims"]
 
@@ -32,12 +32,7 @@ def match_inputs(ep: ExportedProgram, inputs) -> Inputs:
             )
     if isinstance(inputs, Inputs):
         return inputs
-    if isinstance(inputs, Mapping):
-        args, kwargs = (), dict(inputs)
-    elif isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], Mapping):
-        args, kwargs = tuple(inputs[0]), dict(inputs[1])
-    else:
-        args, kwargs = tuple(inputs if isinstance(inputs, (tuple, list)) else (inputs,)), {}
+    args, kwargs = as_batch(inputs)
     names = list(user_input_nodes(ep))
     by_name = dict(zip(names, args))
     by_name.update(kwargs)
@@ -46,21 +41,12 @@ def match_inputs(ep: ExportedProgram, inputs) -> Inputs:
             f"inputs {sorted(kwargs)} (+{len(args)} positional) do not match the program's inputs {names}; "
             "pass a dict with exactly those keys"
         )
-    layout = _call_layout(ep)
+    layout = call_form(ep)
     if layout is not None and layout[0] + len(layout[1]) == len(names):  # call the module the way it was exported
         n_args, keys = layout
         args = tuple(by_name[n] for n in names[:n_args])
         kwargs = {key: by_name[n] for key, n in zip(keys, names[n_args:])}
     return Inputs(args, kwargs, by_name)
-
-
-def _call_layout(ep: ExportedProgram) -> tuple[int, list[str]] | None:
-    """(number of positional inputs, keyword names) of the exported call, for flat tensor inputs."""
-    try:
-        args_spec, kwargs_spec = ep.call_spec.in_spec.children()
-        return args_spec.num_children, list(kwargs_spec.context or [])
-    except Exception:
-        return None
 
 
 def check_static_dims(ep: ExportedProgram, inputs: Inputs) -> None:
