@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable
 
 import torch
@@ -102,9 +103,11 @@ def quantize(
     report["float_matmuls"] = report["canonicalize_linears"]["float_matmuls"]
     report["bytes_before"] = _state_bytes(ep)
     report["bytes_after"] = _state_bytes(program)
-    # the online rotation blocks (fp32, one per input and block size) are activation-side, not weights
+    # the online rotation blocks and learned transform factors (one per input) are activation-side, not weights
     report["bytes_rotation"] = sum(
-        t.numel() * t.element_size() for name, t in program.state_dict.items() if name.endswith(".mq_rotation")
+        t.numel() * t.element_size()
+        for name, t in program.state_dict.items()
+        if re.fullmatch(r"mq_rotation(_left)?(_\d+)?", name.rpartition(".")[2])
     )
     if not math.isfinite(report["bytes_after"]):
         raise UnsupportedProgramError("internal: byte count is not finite")

@@ -37,11 +37,13 @@ PATHS: tuple[str, ...] = (*MODALITIES, "fused")
 
 @dataclass(frozen=True)
 class Scheme:
-    """Bit widths of one quantization scheme; ``None`` means that side stays float."""
+    """Bit widths of one quantization scheme; ``None`` means that side stays float. ``act_asym``: per-token
+    asymmetric activation codes (a zero point per token) instead of symmetric ones."""
 
     name: str
     weight_bits: int | None
     act_bits: int | None
+    act_asym: bool = False
 
     @property
     def is_float(self) -> bool:
@@ -51,6 +53,7 @@ class Scheme:
 SCHEMES: Mapping[str, Scheme] = MappingProxyType(
     {
         "w4a4": Scheme("w4a4", 4, 4),
+        "w4a4asym": Scheme("w4a4asym", 4, 4, act_asym=True),
         "w4a16": Scheme("w4a16", 4, None),
         "w8a8": Scheme("w8a8", 8, 8),
         "float": Scheme("float", None, None),

@@ -128,16 +128,20 @@ class MDQFO(Algorithm):
 class BlockMDQFO(Algorithm):
     """Block-wise MDQFO after the per-linear stage: ``steps`` Adam steps per block (transformer layer) on all its
     clips against the block's float output (morphology weight ``morph_weight``; ``act_clips``: move the activation
-    clips too)."""
+    clips too). ``transform``: also learn an invertible Kronecker-factored online transform per distinct input of
+    the block's linears, starting at :class:`Rotate`'s Hadamard (so it needs Rotate), its inverse folded into the
+    weights (FlatQuant-style; :mod:`mqcompile.solvers.transform`)."""
 
     steps: int = 10
     morph_weight: float = 0.1
     act_clips: bool = True
+    transform: bool = False
 
     def __post_init__(self) -> None:
         check_int("BlockMDQFO", "steps", self.steps, 1)
         check_float("BlockMDQFO", "morph_weight", self.morph_weight, 0.0, float("inf"))
         check_bool("BlockMDQFO", "act_clips", self.act_clips)
+        check_bool("BlockMDQFO", "transform", self.transform)
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,11 @@ def normalize(algorithms) -> tuple[Algorithm, ...]:
         raise ConfigError("Rotate does not combine with SmoothQuant; drop one (rotation replaces smoothing)")
     if BlockMDQFO in seen and MDQFO not in seen:
         raise ConfigError("BlockMDQFO refines MDQFO's clips: add MDQFO() to the recipe (e.g. recipes.MORPHOQUANT)")
+    if BlockMDQFO in seen and seen[BlockMDQFO].transform and Rotate not in seen:
+        raise ConfigError(
+            "BlockMDQFO(transform=True) learns the online transform starting from Rotate's Hadamard: add "
+            "recipes.Rotate() to the recipe"
+        )
     if MDQFO in seen and seen[MDQFO].masks and DABC not in seen:
         raise ConfigError(
             "MDQFO(masks=True) optimizes DABC's masks: add DABC() (recipes.MORPHOQUANT), or use MDQFO(masks=False) "

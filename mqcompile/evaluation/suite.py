@@ -91,6 +91,11 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
         "default": "w4a4",
         "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10),),
     },
+    # and with a learned Kronecker-factored online transform per input on top of the Hadamard (issue #16 item 1)
+    "W4A4-MorphoQuant+Rot+Block+LT": {
+        "default": "w4a4",
+        "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10, transform=True),),
+    },
     # and GPTQ weight rounding on the same grids (a larger reservoir: GPTQ's Hessian needs more tokens than K / 4)
     "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "algorithms": _ROT + (recipes.GPTQ(),), "reservoir_tokens": 1024},
     "W4A4-MorphoQuant+Rot+GPTQ": {

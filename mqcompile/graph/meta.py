@@ -46,4 +46,5 @@ def is_linear_output(node: fx.Node) -> bool:
     """The node computing a linear's output: the ``aten.linear`` itself, or ``qlinear``/``wlinear`` after rewrite
     (not ``quantize_act``, which carries the same linear's meta)."""
     info = get(node)
-    return node.op == "call_function" and info.get("linear") is True and info.get("op", "linear") != "quantize_act"
+    quantizer = info.get("op", "linear") in ("quantize_act", "quantize_act_asym")
+    return node.op == "call_function" and info.get("linear") is True and not quantizer

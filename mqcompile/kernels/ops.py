@@ -22,6 +22,7 @@ from .pack import unpack_int4_float
 
 __all__ = [
     "quantize_act",
+    "quantize_act_asym",
     "qlinear",
     "wlinear",
     "QuantizeActArgs",
@@ -59,6 +60,8 @@ class QLinearArgs(NamedTuple):
     out_dtype: Any
     comp: Any = None
     modality_ids: Any = None
+    x_zero: Any = None
+    w_colsum: Any = None
 
 
 class WLinearArgs(NamedTuple):
@@ -99,6 +102,29 @@ def quantize_act(
 @quantize_act.register_fake
 def _(x, clip, modality_ids, bits, shift=None):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("mqcompile::quantize_act_asym", mutates_args=())
+def quantize_act_asym(
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    modality_ids: torch.Tensor | None,
+    bits: int,
+    shift: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token dynamic asymmetric quantization (codes, scales, zero points); see
+    :func:`reference.quantize_act_asym_ref`. Takes :class:`QuantizeActArgs` like ``quantize_act``."""
+    return ref.quantize_act_asym_ref(x, clip, modality_ids, bits, shift)
+
+
+@quantize_act_asym.register_fake
+def _(x, clip, modality_ids, bits, shift=None):
+    lead = (*x.shape[:-1], 1)
+    return (
+        x.new_empty(x.shape, dtype=torch.int8),
+        x.new_empty(lead, dtype=torch.float32),
+        x.new_empty(lead, dtype=torch.int32),
+    )
 
 
 def exact_float_chunk(x_bits: int, w_bits: int) -> int:
@@ -149,24 +175,34 @@ def qlinear(
     out_dtype: torch.dtype,
     comp: torch.Tensor | None = None,
     modality_ids: torch.Tensor | None = None,
+    x_zero: torch.Tensor | None = None,
+    w_colsum: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integer linear on int8-container codes, plus DABC compensation; see :func:`reference.qlinear_ref`."""
+    """Integer linear on int8-container codes, plus DABC compensation, and the zero-point correction of
+    asymmetric codes (``x_zero`` with ``w_colsum``); see :func:`reference.qlinear_ref`."""
     args = (xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp, modality_ids)
+    if (x_zero is None) != (w_colsum is None):
+        raise ValueError("mqcompile::qlinear: x_zero and w_colsum come together (asymmetric codes) or not at all")
     if xq.device.type != "cpu" or group_size > exact_float_chunk(8, w_bits):
-        return ref.qlinear_ref(*args)
+        return ref.qlinear_ref(*args, x_zero, w_colsum)
     lead = xq.shape[:-1]
     x2 = xq.reshape(-1, in_features)
     if group_size:  # same ops as the reference on the same [M, G, N] values: bit-exact
         acc = cpu_group_gemm(x2, w, w_bits, in_features, group_size, w_scale.shape[1])
+        if x_zero is not None:
+            acc = ref.zero_correction(acc, x_zero, w_colsum)
         y = ((acc * x_scale.reshape(-1, 1, 1).float()) * w_scale.float().T[None]).sum(dim=1)
     else:
         acc = cpu_int_gemm(x2, w, w_bits, in_features)
+        if x_zero is not None:
+            acc = ref.zero_correction(acc, x_zero, w_colsum)
         y = (acc.float() * x_scale.reshape(-1, 1).float()) * w_scale.float().T
     return ref.epilogue(y, bias, comp, modality_ids, lead, out_dtype)
 
 
 @qlinear.register_fake
-def _(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp=None, modality_ids=None):
+def _(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp=None, modality_ids=None,
+      x_zero=None, w_colsum=None):  # fmt: skip
     return xq.new_empty((*xq.shape[:-1], w.shape[0]), dtype=out_dtype)
 
 

@@ -19,6 +19,9 @@ from .pack import unpack_int4, unpack_int4_float
 __all__ = [
     "qrange",
     "quantize_act_ref",
+    "quantize_act_asym_ref",
+    "zero_correction",
+    "weight_colsum",
     "quantize_weight_ref",
     "weight_scale",
     "unpack_weight",
@@ -66,6 +69,58 @@ def quantize_act_ref(
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.clamp(torch.round(x32 / scale), qmin, qmax).to(torch.int8)
     return q, scale
+
+
+def quantize_act_asym_ref(
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    modality_ids: torch.Tensor | None,
+    bits: int,
+    shift: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token dynamic asymmetric quantization after the DABC shift (the ``w4a4asym`` scheme).
+
+    ``x~`` as in :func:`quantize_act_ref`; the token's range ``[lo, hi] = clip[m(t)] * [min(x~_t, 0), max(x~_t, 0)]``
+    (zero stays exact) maps onto all ``2^b`` codes: ``s_t = (hi - lo) / (qmax - qmin)``, zero point
+    ``z_t = qmin - round(lo / s_t)`` (in ``[qmin, qmax]``), ``q = clamp(round(x~ / s_t) + z_t, qmin, qmax)``, so
+    ``x~ ~= s_t (q - z_t)``. Codes stay signed (int8 containers for 4 and 8 bits, ONNX's int8 zero point). An all-zero
+    token gets scale 1 (its codes equal its zero point); NaN/Inf propagate through the scale as in :func:`quantize_act_ref`.
+    Returns (codes ``[..., K]`` int8, scales ``[..., 1]`` fp32, zero points ``[..., 1]`` int32).
+    """
+    qmin, qmax = qrange(bits)
+    lead = x.shape[:-1]
+    x32 = x.float()
+    if shift is not None:
+        x32 = x32 - _token_rows(shift.float(), modality_ids, lead)
+    clip_t = _token_rows(clip.float()[:, None], modality_ids, lead)
+    lo = clip_t * x32.amin(dim=-1, keepdim=True).clamp(max=0)
+    hi = clip_t * x32.amax(dim=-1, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    zero = torch.where(torch.isfinite(zero), zero, torch.zeros_like(zero))  # NaN rows: the scale carries the NaN
+    q = torch.clamp(torch.round(x32 / scale) + zero, qmin, qmax)
+    q = torch.where(torch.isfinite(q), q, torch.zeros_like(q))
+    return q.to(torch.int8), scale, zero.to(torch.int32)
+
+
+def zero_correction(acc: torch.Tensor, x_zero: torch.Tensor, w_colsum: torch.Tensor) -> torch.Tensor:
+    """``acc - z_t * colsum(W_q)``: the integer accumulators of asymmetric codes made those of ``q - z`` (exact in
+    int32). ``acc`` ``[M, N]`` or ``[M, G, N]`` (int32, or fp32 holding integers), ``x_zero`` ``[M, 1]`` int32, ``w_colsum`` ``[G, N]`` int32."""
+    # in acc's dtype: the CPU path's fp32 accumulators hold exact integers, and so does this product (< 2**24)
+    z, colsum = x_zero.reshape(-1, 1).to(acc.dtype), w_colsum.to(acc.dtype)
+    if acc.dim() == 3:
+        return acc - z[:, :, None] * colsum[None]
+    return acc - z * colsum.reshape(1, -1)
+
+
+def weight_colsum(w: torch.Tensor, w_bits: int, in_features: int, group_size: int = 0) -> torch.Tensor:
+    """Per-group column sums of the stored weight codes, int32 ``[G, N]`` (``G = 1`` per channel), for
+    :func:`zero_correction`."""
+    wq = unpack_weight(w, w_bits, in_features).to(torch.int32)
+    gs = group_size or in_features
+    groups = -(-in_features // gs)
+    return _group_view(wq, gs, groups).sum(dim=-1).T.contiguous()
 
 
 def weight_scale(w: torch.Tensor, bits: int, group_size: int = 0, gamma: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,14 +184,19 @@ def qlinear_ref(
     out_dtype: torch.dtype,
     comp: torch.Tensor | None = None,
     modality_ids: torch.Tensor | None = None,
+    x_zero: torch.Tensor | None = None,
+    w_colsum: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integer linear: quantized activations (codes + per-token scales) times quantized weights, plus the DABC
-    compensation ``comp[m(t)]`` (``comp [M, N]`` = shift_m W^T in fp32) for every token."""
+    """Integer linear: quantized activations (codes + per-token scales, and zero points ``x_zero`` for asymmetric
+    codes, with the weights' ``w_colsum``) times quantized weights, plus the DABC compensation ``comp[m(t)]``
+    (``comp [M, N]`` = shift_m W^T in fp32) for every token."""
     lead = xq.shape[:-1]
     x2 = xq.reshape(-1, in_features)
     s2 = x_scale.reshape(-1, 1).float()
     wq = unpack_weight(w, w_bits, in_features)
     acc = int_matmul_ref(x2, wq, group_size, w_scale.shape[1])
+    if x_zero is not None:
+        acc = zero_correction(acc, x_zero, w_colsum)
     if group_size:
         y = ((acc.float() * s2[:, :, None]) * w_scale.float().T[None]).sum(dim=1)
     else:

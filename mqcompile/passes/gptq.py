@@ -4,8 +4,8 @@ Needs: ``calibrate`` and, when present, ``smooth_quant``/``mdqfo`` (their weight
 and the inputs). Runs when the recipe has :class:`mqcompile.recipes.GPTQ`. Guarantees: for every weight-quantized
 linear with calibration tokens, ``plan.weight_codes`` (int8 ``[N, K]``) and ``plan.weight_scale`` (the grid,
 unchanged from round-to-nearest with MDQFO's ``gamma``); ``rewrite_linears`` stores those codes. The tokens are
-what the weights multiply: the reservoir (already rotated when ``rotate``), times SmoothQuant's multiplier, minus
-the DABC shift of their modality. Solver: :func:`mqcompile.solvers.gptq_codes`.
+what the weights multiply: the reservoir (already rotated when ``rotate``), times SmoothQuant's multiplier, through
+a learned transform (``mdqfo_block``), minus the DABC shift of their modality. Solver: :func:`mqcompile.solvers.gptq_codes`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..graph.export import placeholder_targets
 from ..graph.linears import linear_nodes
 from ..kernels.reference import weight_scale
 from ..solvers import gptq_codes
+from ..solvers.transform import kron_act
 from .base import PassContext, PassResult
 from .plan import LinearPlan, current_weight, table_value
 
@@ -42,6 +43,8 @@ def weight_tokens(stats, plan: LinearPlan, routed: bool) -> torch.Tensor | None:
         t = tokens.float()
         if plan.act_multiplier is not None:
             t = t * plan.act_multiplier.float()
+        if plan.transform is not None:  # the reservoir holds rotated inputs; the learned factors come after
+            t = kron_act(t, *plan.transform)
         shift = table_value(shifts, key if routed else None) if shifts else None
         rows.append(t if shift is None else t - shift.float())
     return torch.cat(rows) if rows else None

@@ -30,6 +30,7 @@ def options_for(cfg: recipes.MDQFO, scheme, group_size: int, seed: int) -> Mdqfo
     return MdqfoOptions(
         w_bits=scheme.weight_bits,
         a_bits=scheme.act_bits,
+        act_asym=scheme.act_asym,
         group_size=group_size,
         morph_weight=cfg.morph_weight,
         optimize_clips=True,

@@ -8,8 +8,13 @@ with its current parameters). In each block with activation-quantized linears, `
 (straight-through rounding, one calibration batch per step in seeded order) move every linear's weight clip
 ``gamma`` and activation clip rows together to lower :func:`mqcompile.solvers.block.output_loss` between the block's
 quantized outputs, computed from the quantized blocks before it as deployment will feed it, and its float outputs.
-The new clips are kept only when that loss over all batches drops; DABC shifts stay as MDQFO left them.
-Guarantees: ``plan.gamma`` and ``plan.act_clip`` updated; counts ``blocks`` (tuned), ``improved``,
+With ``BlockMDQFO(transform=True)`` the same steps also move one invertible Kronecker-factored transform per
+distinct input of the block's rotated linears (linears reading one value share it), starting at the identity on top
+of ``rotate``'s Hadamard, so the start is exactly the rotated program (FlatQuant-style).
+The new parameters are kept only when that loss over all batches drops; DABC shifts stay as MDQFO left them (moved
+into the transformed space with the input when a transform is kept).
+Guarantees: ``plan.gamma`` and ``plan.act_clip`` updated; with a kept transform ``plan.transform`` set and
+``plan.weight``/``plan.shift`` in its space; counts ``blocks`` (tuned), ``improved``, ``transforms`` (kept),
 ``losses`` (block key -> [start, after]).
 """
 
@@ -30,6 +35,7 @@ from ..graph.export import placeholder_targets
 from ..graph.interpret import flat_inputs
 from ..graph.linears import linear_nodes
 from ..solvers.block import QuantLinear, fake_linear, output_loss
+from ..solvers.transform import kron_act
 from .base import PassContext, PassResult
 from .plan import LinearPlan, act_tables, current_weight
 
@@ -37,11 +43,13 @@ __all__ = ["run", "EMPTY"]
 
 log = logging.getLogger(__name__)
 
-EMPTY = {"blocks": 0, "improved": 0, "losses": {}}
+EMPTY = {"blocks": 0, "improved": 0, "transforms": 0, "losses": {}}
 # Adam step on the clips (they live in [0.3, 1]). Measured on Qwen2-0.5B MorphoQuant + rotate, 10 steps: 5e-3 gave
 # ppl 27.28 / 11.49 (wiki / pydoc), 2e-2 26.70 / 10.64, 5e-2 27.31 / 10.75 (per-linear only: 28.22 / 11.34)
 LR = 2e-2
 CLIP_RANGE = (0.3, 1.0)
+# Adam step on the transform factors (they start at the identity); FlatQuant trains its transforms at 5e-3
+LR_TRANSFORM = 5e-3
 
 
 def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node, QuantLinear], set[fx.Node]]:
@@ -71,6 +79,8 @@ def _quant_linears(ep: ExportedProgram, ctx: PassContext) -> tuple[dict[fx.Node,
             shift,
             plan.rotation,
             None if plan.act_multiplier is None else plan.act_multiplier.float(),
+            transform=plan.transform,
+            a_asym=scheme.act_asym,
         )
     return quant, routed
 
@@ -129,8 +139,32 @@ class _Blocks:
                     del env[node]
 
 
+def _new_transforms(blocks: _Blocks, tuned: list[fx.Node]) -> list[list[fx.Node]]:
+    """Identity factors (trainable) for every input the block's rotated linears read, shared by its readers;
+    returns the groups of linears that share one."""
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for n in tuned:
+        q = blocks.quant[n]
+        if q.rotation is not None and q.transform is None:
+            groups.setdefault(n.args[0], []).append(n)
+    for nodes in groups.values():
+        q = blocks.quant[nodes[0]]
+        k2 = q.rotation.shape[0]
+        k1 = q.weight.shape[1] // k2
+        factors = (torch.eye(k1).requires_grad_(True) if k1 > 1 else None, torch.eye(k2).requires_grad_(True))
+        for n in nodes:
+            blocks.quant[n].transform = factors
+    return list(groups.values())
+
+
+def _set_transform(blocks: _Blocks, nodes: list[fx.Node], factors) -> None:
+    for n in nodes:
+        blocks.quant[n].transform = factors
+
+
 def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext, gen: torch.Generator):
-    """Adam on the block's clips; returns (start loss, final loss, quantized outputs per batch at the kept clips)."""
+    """Adam on the block's clips (and transforms); returns (start loss, final loss, quantized outputs per batch at
+    the kept parameters)."""
     cfg = ctx.config.algorithm(recipes.BlockMDQFO)
     nb = len(blocks.quant_envs)
 
@@ -147,7 +181,9 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
         q.gamma = q.gamma.clone().requires_grad_(True)
         q.alpha = q.alpha.clone().requires_grad_(cfg.act_clips)
         params += [q.gamma] + ([q.alpha] if cfg.act_clips else [])
-    optim = torch.optim.Adam(params, lr=LR)
+    groups = _new_transforms(blocks, tuned) if cfg.transform else []
+    factors = [t for g in groups for t in blocks.quant[g[0]].transform if t is not None]
+    optim = torch.optim.Adam([{"params": params}, {"params": factors, "lr": LR_TRANSFORM}], lr=LR)
     order = torch.randperm(nb, generator=gen).tolist()
     for step in range(cfg.steps):
         b = order[step % nb]
@@ -163,10 +199,14 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
     for n in tuned:
         q = blocks.quant[n]
         q.gamma, q.alpha = q.gamma.detach(), q.alpha.detach()
+    for g in groups:
+        _set_transform(blocks, g, tuple(None if t is None else t.detach() for t in blocks.quant[g[0]].transform))
     after, outs = evaluate()
     if after >= start:
         for n, (gamma, alpha) in saved.items():
             blocks.quant[n].gamma, blocks.quant[n].alpha = gamma, alpha
+        for g in groups:
+            _set_transform(blocks, g, None)
         return start, start, start_outs
     return start, after, outs
 
@@ -174,6 +214,10 @@ def _tune(blocks: _Blocks, seg: Segment, tuned: list[fx.Node], ctx: PassContext,
 def _store(ctx: PassContext, node: fx.Node, q: QuantLinear, routed: bool) -> None:
     plan = ctx.plan(meta.get(node)["name"])
     plan.gamma = q.gamma
+    if q.transform is not None and plan.transform is None:
+        plan.transform = q.transform
+        plan.weight = q.folded_weight().to(plan.weight.dtype)
+        plan.shift = {key: kron_act(v.float(), *q.transform) for key, v in plan.shift.items()}
     clips = plan.act_clip or {"shared": 1.0}
     if routed:
         plan.act_clip = {m: float(q.alpha[i]) for i, m in enumerate(MODALITIES)}
@@ -182,7 +226,7 @@ def _store(ctx: PassContext, node: fx.Node, q: QuantLinear, routed: bool) -> Non
 
 
 def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
-    counts: dict = {"blocks": 0, "improved": 0, "losses": {}}
+    counts: dict = {"blocks": 0, "improved": 0, "transforms": 0, "losses": {}}
     if not ctx.calibration:
         return PassResult(ep, counts)
     blocks = _Blocks(ep, ctx)
@@ -196,6 +240,7 @@ def run(ep: ExportedProgram, ctx: PassContext) -> PassResult:
             counts["blocks"] += 1
             counts["improved"] += after < start
             counts["losses"][seg.key] = [start, after]
+            counts["transforms"] += len({id(blocks.quant[n].transform) for n in tuned if blocks.quant[n].transform})
             for n in tuned:
                 _store(ctx, n, blocks.quant[n], n in blocks.routed)
             log.debug("block %s: loss %.4g -> %.4g", seg.key, start, after)

@@ -35,6 +35,9 @@ class LinearPlan:
     weight: torch.Tensor | None = None  # replacement float weight [N, K]: rotated and/or smoothed
     act_multiplier: torch.Tensor | None = None  # [K] applied to the input before quantizing (SmoothQuant, unfolded)
     rotation: torch.Tensor | None = None  # [B, B] orthogonal block applied to the input before quantizing
+    # learned Kronecker factors (P1, P2) applied after the rotation (BlockMDQFO(transform=True)); when set, ``weight``
+    # and ``shift`` are already in the transformed space (:mod:`mqcompile.solvers.transform`)
+    transform: tuple[torch.Tensor | None, torch.Tensor] | None = None
     dabc: dict[str, DabcPlan] = field(default_factory=dict)  # DABC's masks and centers
     gamma: torch.Tensor | None = None  # weight clip [N, 1] (MDQFO)
     act_clip: dict[str, float] = field(default_factory=dict)  # activation clip ratio (MDQFO)

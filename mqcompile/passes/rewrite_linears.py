@@ -1,12 +1,13 @@
 """rewrite_linears: replace each selected ``aten.linear`` with ``mqcompile::`` ops, weights quantized RTN.
 
 Needs: ``select_schemes`` (and ``insert_modality_ids`` for routed fused linears). Guarantees: every linear with a
-non-float scheme becomes ``quantize_act`` + ``qlinear`` (weights and activations quantized) or ``wlinear``
-(weight-only); packed weight codes, scales and per-modality activation clips become buffers next to the original
+non-float scheme becomes ``quantize_act`` + ``qlinear`` (weights and activations quantized; ``quantize_act_asym``
+and the weights' column sums ``.mq_w_colsum`` for asymmetric activations) or ``wlinear`` (weight-only); packed weight codes, scales and per-modality activation clips become buffers next to the original
 weight (``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``, and ``.mq_rotation`` when the ``rotate`` pass
-planned one: then the input is rotated by graph ops inserted once per input and block size); the float weight is
-dropped unless something else still uses it (tied weights). The new nodes carry the linear's meta plus ``op``. The
-program is re-exported once so the new buffers are proper lifted inputs.
+planned one, ``.mq_rotation_left`` too for a learned transform: then the input is rotated by graph ops inserted once
+per input and transform); the float weight is dropped unless something else still uses it (tied weights). The new
+nodes carry the linear's meta plus ``op``. The program is re-exported once so the new buffers are proper lifted
+inputs.
 
 Weights are quantized by :func:`mqcompile.kernels.reference.quantize_weight_ref` rather than torchao's
 ``choose_qparams_affine``: its symmetric mapping divides by (qmax - qmin) / 2 = 7.5 for int4, which clips the
@@ -26,7 +27,7 @@ from ..graph import meta
 from ..graph.export import example_inputs_of, reexport
 from ..kernels import pack_int4
 from ..kernels.ops import QLinearArgs, QuantizeActArgs, WLinearArgs
-from ..kernels.reference import quantize_weight_ref
+from ..kernels.reference import quantize_weight_ref, weight_colsum
 from .base import PassContext, PassResult
 from .plan import LinearPlan, act_tables
 
@@ -61,16 +62,24 @@ def _add_buffer(gm: fx.GraphModule, owner: torch.nn.Module, owner_path: str, nam
     return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
 
-def _rotated(gm: fx.GraphModule, x: fx.Node, q: torch.Tensor, owner, owner_path: str, cache: dict) -> fx.Node:
-    """``x @ blockdiag(q, ...)`` as graph ops, one per (input, block) however many linears read it."""
+def _rotated(gm: fx.GraphModule, x: fx.Node, plan: LinearPlan, owner, owner_path: str, cache: dict) -> fx.Node:
+    """``P1^T X P2`` on ``X = x`` viewed ``[K / B, B]`` as graph ops, one per (input, transform) however many
+    linears read it: ``P1 = I``, ``P2 = Q`` for the rotate pass's block-diagonal Hadamard, or a learned transform's
+    factors with the Hadamard folded into ``P2`` (:mod:`mqcompile.solvers.transform`)."""
+    q = plan.rotation
     b = q.shape[0]
-    if (x, b) not in cache:
-        k = x.meta["val"].shape[-1]
-        qb = _add_buffer(gm, owner, owner_path, "mq_rotation", q.to(x.meta["val"].dtype))
+    key = (x, b, None if plan.transform is None else id(plan.transform))
+    if key not in cache:
+        k, dtype = x.meta["val"].shape[-1], x.meta["val"].dtype
+        p1, p2 = (None, q) if plan.transform is None else (plan.transform[0], q.float() @ plan.transform[1])
+        right = _add_buffer(gm, owner, owner_path, "mq_rotation", p2.to(dtype))
         blocks = gm.graph.call_function(torch.ops.aten.unflatten.int, (x, -1, [k // b, b]))
-        rotated = gm.graph.call_function(torch.ops.aten.matmul.default, (blocks, qb))
-        cache[(x, b)] = gm.graph.call_function(torch.ops.aten.flatten.using_ints, (rotated, -2, -1))
-    return cache[(x, b)]
+        rotated = gm.graph.call_function(torch.ops.aten.matmul.default, (blocks, right))
+        if p1 is not None:
+            left = _add_buffer(gm, owner, owner_path, "mq_rotation_left", p1.T.contiguous().to(dtype))
+            rotated = gm.graph.call_function(torch.ops.aten.matmul.default, (left, rotated))
+        cache[key] = gm.graph.call_function(torch.ops.aten.flatten.using_ints, (rotated, -2, -1))
+    return cache[key]
 
 
 def _rewrite_one(
@@ -93,7 +102,7 @@ def _rewrite_one(
     out_dtype = node.meta["val"].dtype
     with gm.graph.inserting_before(node):
         if plan.rotation is not None:
-            x = _rotated(gm, x, plan.rotation, owner, owner_path, rotations)
+            x = _rotated(gm, x, plan, owner, owner_path, rotations)
         if plan.act_multiplier is not None:
             multiplier = _add_buffer(
                 gm, owner, owner_path, "mq_act_multiplier", plan.act_multiplier.to(x.meta["val"].dtype)
@@ -110,18 +119,26 @@ def _rewrite_one(
             ac = _add_buffer(gm, owner, owner_path, "mq_act_clip", clip)
             sh = None if shift is None else _add_buffer(gm, owner, owner_path, "mq_shift", shift)
             qa_args = QuantizeActArgs(x, ac, ids, scheme.act_bits, sh)
-            qa = gm.graph.call_function(torch.ops.mqcompile.quantize_act.default, tuple(qa_args))
+            quantizer = torch.ops.mqcompile.quantize_act_asym if scheme.act_asym else torch.ops.mqcompile.quantize_act
+            qa = gm.graph.call_function(quantizer.default, tuple(qa_args))
             xq = gm.graph.call_function(operator.getitem, (qa, 0))
             xs = gm.graph.call_function(operator.getitem, (qa, 1))
+            xz = colsum = None
+            if scheme.act_asym:
+                xz = gm.graph.call_function(operator.getitem, (qa, 2))
+                sums = weight_colsum(codes, scheme.weight_bits, info["in_features"], group)
+                colsum = _add_buffer(gm, owner, owner_path, "mq_w_colsum", sums)
             if comp is not None and ids is None and (bias is None or bias.op == "get_attr"):
                 # one-modality linear: the compensation is a constant row, folded into the bias
                 old = torch.zeros(comp.shape[1]) if bias is None else operator.attrgetter(bias.target)(gm)
                 bias = _add_buffer(gm, owner, owner_path, "mq_bias", (old.float() + comp[0]).to(old.dtype))
                 comp = None
             cp = None if comp is None else _add_buffer(gm, owner, owner_path, "mq_comp", comp)
-            args = QLinearArgs(xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype, cp, ids)
+            args = QLinearArgs(
+                xq, xs, qw, ws, bias, scheme.weight_bits, group, info["in_features"], out_dtype, cp, ids, xz, colsum
+            )
             new = gm.graph.call_function(torch.ops.mqcompile.qlinear.default, tuple(args))
-            meta.set_fields(qa, **info, op="quantize_act")
+            meta.set_fields(qa, **info, op="quantize_act_asym" if scheme.act_asym else "quantize_act")
             op = "qlinear"
     meta.set_fields(new, **info, op=op, group_size=group)
     new.meta["val"] = node.meta["val"]  # a later linear reading this one's output needs its shape (e.g. to rotate)

@@ -102,7 +102,8 @@ def collect(
 
 
 def _is_quantize_act(node) -> bool:
-    return node.op == "call_function" and node.target is torch.ops.mqcompile.quantize_act.default
+    quantizers = (torch.ops.mqcompile.quantize_act.default, torch.ops.mqcompile.quantize_act_asym.default)
+    return node.op == "call_function" and node.target in quantizers
 
 
 def _morphology(float_ep, qp, batches, names: list[str], token_ids: dict) -> dict[str, dict]:

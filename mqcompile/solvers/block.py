@@ -20,6 +20,7 @@ import torch
 
 from .mdqfo import fake_quant_act, fake_quant_weight
 from .rotation import rotate_act
+from .transform import kron_act, kron_weight
 
 __all__ = ["QuantLinear", "fake_linear", "output_loss"]
 
@@ -37,6 +38,10 @@ class QuantLinear:
     shift: torch.Tensor | None = None  # [M, K] DABC shift per table row
     rotation: torch.Tensor | None = None  # [B, B] block applied to the input first
     multiplier: torch.Tensor | None = None  # [K] SmoothQuant factor applied to the input
+    a_asym: bool = False  # asymmetric per-token activation codes
+    # learned Kronecker factors (P1 [k1, k1], P2 [k2, k2]) applied after the rotation and the shift; the weight is
+    # folded through them (:mod:`mqcompile.solvers.transform`), ``weight`` itself stays the untransformed one
+    transform: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         # the outlier mass goes through the unquantized W exactly, as the rewrite's compensation table does
@@ -45,15 +50,26 @@ class QuantLinear:
             self.gamma = torch.ones(self.weight.shape[0], 1)
         self._cached: tuple | None = None
 
+    def folded_weight(self) -> torch.Tensor:
+        """The float weight the quantizer sees: ``weight`` folded through the learned transform, if any."""
+        if self.transform is None:
+            return self.weight
+        return kron_weight(self.weight, *self.transform)
+
     def dequantized_weight(self, ste: bool = False) -> torch.Tensor:
-        """``Q_w(W; gamma)`` dequantized; kept between calls while ``gamma`` is a fixed (no-grad) tensor, since
-        evaluating a block on many batches would otherwise quantize every weight once per batch."""
-        gamma = self.gamma
-        if gamma.requires_grad:
-            return fake_quant_weight(self.weight, gamma, self.w_bits, self.group_size, ste=ste)
-        if self._cached is None or self._cached[0] is not gamma or self._cached[1] != gamma._version:
-            self._cached = (gamma, gamma._version, fake_quant_weight(self.weight, gamma, self.w_bits, self.group_size))
-        return self._cached[2]
+        """``Q_w(W; gamma)`` dequantized; kept between calls while ``gamma`` and the transform are fixed (no-grad)
+        tensors, since evaluating a block on many batches would otherwise quantize every weight once per batch."""
+        moving = [self.gamma, *(t for t in self.transform or () if t is not None)]
+        if any(t.requires_grad for t in moving):
+            return fake_quant_weight(self.folded_weight(), self.gamma, self.w_bits, self.group_size, ste=ste)
+        versions = [t._version for t in moving]
+        cached = self._cached
+        if cached is None or len(cached[0]) != len(moving) or any(a is not b for a, b in zip(cached[0], moving)):
+            cached = None
+        if cached is None or cached[1] != versions:
+            value = fake_quant_weight(self.folded_weight(), self.gamma, self.w_bits, self.group_size)
+            self._cached = cached = (moving, versions, value)
+        return cached[2]
 
 
 def fake_linear(
@@ -74,13 +90,17 @@ def fake_linear(
         flat = flat * q.multiplier
     wq = q.dequantized_weight(ste)
     if q.a_bits is None:
+        if q.transform is not None:
+            flat = kron_act(flat, *q.transform)
         y = flat @ wq.T
     else:
         idx = torch.zeros(flat.shape[0], dtype=torch.long) if rows is None else rows.reshape(-1).long()
         alpha = torch.ones(1) if q.alpha is None else q.alpha
         if q.shift is not None:
             flat = flat - q.shift[idx]
-        y = fake_quant_act(flat, alpha[idx][:, None], q.a_bits, ste=ste) @ wq.T
+        if q.transform is not None:  # (x - shift) T = x T - shift T: deployment subtracts the transformed shift
+            flat = kron_act(flat, *q.transform)
+        y = fake_quant_act(flat, alpha[idx][:, None], q.a_bits, ste=ste, asym=q.a_asym) @ wq.T
         if q.comp is not None:
             y = y + q.comp[idx]
     if bias is not None:

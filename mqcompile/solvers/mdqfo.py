@@ -36,6 +36,7 @@ __all__ = ["MdqfoOptions", "MdqfoResult", "fake_quant_weight", "fake_quant_act",
 class MdqfoOptions:
     w_bits: int = 4
     a_bits: int = 4
+    act_asym: bool = False  # asymmetric per-token activation codes (the w4a4asym scheme)
     group_size: int = 0
     alpha_grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
     gamma_grid: tuple[float, ...] = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7)
@@ -79,12 +80,19 @@ def fake_quant_weight(w: torch.Tensor, gamma: torch.Tensor, bits: int, group_siz
     return (q * scale).reshape(n, -1)[:, :k]
 
 
-def fake_quant_act(x: torch.Tensor, alpha, bits: int, ste: bool = False) -> torch.Tensor:
-    """Dequantized per-token ``Q_a(x; alpha)`` (the ``quantize_act`` op's numerics)."""
+def fake_quant_act(x: torch.Tensor, alpha, bits: int, ste: bool = False, asym: bool = False) -> torch.Tensor:
+    """Dequantized per-token ``Q_a(x; alpha)``: the ``quantize_act`` op's numerics, or with ``asym`` those of
+    ``quantize_act_asym`` (range ``alpha * [min(x, 0), max(x, 0)]`` on all codes, a zero point per token)."""
     qmin, qmax = qrange(bits)
-    amax = x.detach().abs().amax(-1, keepdim=True)
-    scale = (alpha * amax / qmax).clamp_min(1e-12)
-    return torch.clamp(_round(x / scale, ste), qmin, qmax) * scale
+    if not asym:
+        amax = x.detach().abs().amax(-1, keepdim=True)
+        scale = (alpha * amax / qmax).clamp_min(1e-12)
+        return torch.clamp(_round(x / scale, ste), qmin, qmax) * scale
+    lo = alpha * x.detach().amin(-1, keepdim=True).clamp(max=0)
+    hi = alpha * x.detach().amax(-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(1e-12)
+    zero = torch.clamp(qmin - torch.round(lo.detach() / scale.detach()), qmin, qmax)
+    return (torch.clamp(_round(x / scale, ste) + zero, qmin, qmax) - zero) * scale
 
 
 @dataclass
@@ -110,16 +118,16 @@ def _modality_loss(d: _Modality, y_hat: torch.Tensor, beta: float, per_channel: 
     return per if per_channel else per.sum()
 
 
-def _forward(w, wq, d: _Modality, alpha, shift, bits, ste=False, rows=None) -> torch.Tensor:
+def _forward(w, wq, d: _Modality, alpha, shift, opts: MdqfoOptions, ste=False, rows=None) -> torch.Tensor:
     x = d.x if rows is None else d.x[rows]
-    xq = fake_quant_act(x - shift, alpha, bits, ste)
+    xq = fake_quant_act(x - shift, alpha, opts.a_bits, ste, opts.act_asym)
     return xq @ wq.T + shift @ w.T
 
 
 def layer_loss(w, data: dict[str, _Modality], gamma, alpha, shift, opts: MdqfoOptions, per_modality=False):
     wq = fake_quant_weight(w, gamma, opts.w_bits, opts.group_size)
     losses = {
-        m: float(_modality_loss(d, _forward(w, wq, d, alpha[m], shift[m], opts.a_bits), opts.morph_weight))
+        m: float(_modality_loss(d, _forward(w, wq, d, alpha[m], shift[m], opts), opts.morph_weight))
         for m, d in data.items()
     }
     total = sum(losses.values()) / len(losses)
@@ -131,7 +139,7 @@ def _alpha_grid(w, data, gamma, alpha, shift, opts) -> dict[str, float]:
     best = dict(alpha)
     for m, d in data.items():
         scores = {
-            a: float(_modality_loss(d, _forward(w, wq, d, a, shift[m], opts.a_bits), opts.morph_weight))
+            a: float(_modality_loss(d, _forward(w, wq, d, a, shift[m], opts), opts.morph_weight))
             for a in opts.alpha_grid
         }
         best[m] = min(scores, key=scores.get)
@@ -140,7 +148,7 @@ def _alpha_grid(w, data, gamma, alpha, shift, opts) -> dict[str, float]:
 
 def _gamma_grid(w, data, alpha, shift, opts) -> torch.Tensor:
     n = w.shape[0]
-    xq = {m: fake_quant_act(d.x - shift[m], alpha[m], opts.a_bits) for m, d in data.items()}
+    xq = {m: fake_quant_act(d.x - shift[m], alpha[m], opts.a_bits, asym=opts.act_asym) for m, d in data.items()}
     comp = {m: shift[m] @ w.T for m in data}
     errors = []
     for g in opts.gamma_grid:
@@ -174,9 +182,7 @@ def _ste(w, data, gamma, alpha, shift, opts, gen) -> tuple[torch.Tensor, dict[st
             t = d.x.shape[0]
             rows = torch.randperm(t, generator=gen)[: opts.ste_tokens] if t > opts.ste_tokens else None
             sub = d if rows is None else _prepare(w, d.x[rows])
-            loss = loss + _modality_loss(
-                sub, _forward(w, wq, sub, a[m], shift[m], opts.a_bits, ste=True), opts.morph_weight
-            )
+            loss = loss + _modality_loss(sub, _forward(w, wq, sub, a[m], shift[m], opts, ste=True), opts.morph_weight)
         (loss / len(data)).backward()
         optim.step()
         with torch.no_grad():

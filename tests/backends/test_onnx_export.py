@@ -123,6 +123,51 @@ def test_activation_codes_and_scales_are_bit_exact(tmp_path):
     assert got[0][0, 0, :10].tolist() == [7, 0, 2, 2, 0, -2, -2, 4, -4, 6]  # half to even, like torch.round
 
 
+class _QuantizeActsAsym(_QuantizeActs):
+    """quantize_act_asym alone, three ways: plain, routed clips with DABC shift, 8 bits."""
+
+    def forward(self, x, ids):
+        q = torch.ops.mqcompile.quantize_act_asym
+        return q(x, self.clip1, None, 4, None), q(x, self.clip3, ids, 4, self.shift3), q(x, self.clip1, None, 8, None)
+
+
+def test_asymmetric_codes_scales_and_zero_points_are_bit_exact(tmp_path):
+    from mqcompile.kernels.reference import quantize_act_asym_ref
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat(
+        [
+            torch.randn(2, 200, 64, generator=g) * torch.rand(2, 200, 1, generator=g) * 10 + 3,
+            torch.randint(-16, 17, (2, 60, 64), generator=g).float() / 2,  # ties
+            torch.zeros(2, 1, 64),
+        ],
+        dim=1,
+    )
+    ids = torch.randint(0, 3, (2, 261), generator=g)
+    module = _QuantizeActsAsym().eval()
+    ep = torch.export.export(module, (), {"x": x, "ids": ids})
+    report = export_onnx(QuantizedProgram(ep, QuantConfig()), tmp_path / "qa.onnx", check=False)
+    assert report.quantize_linear == 6  # per case: the codes, and the zero point rounded and saturated by one
+    got = _session(report.path).run(None, {"x": x.numpy(), "ids": ids.numpy()})
+    cases = [(module.clip1, None, 4, None), (module.clip3, ids, 4, module.shift3), (module.clip1, None, 8, None)]
+    for i, (clip, mids, bits, shift) in enumerate(cases):
+        for j, (what, ref) in enumerate(
+            zip(("codes", "scales", "zeros"), quantize_act_asym_ref(x, clip, mids, bits, shift))
+        ):
+            assert np.array_equal(got[3 * i + j], ref.numpy()), f"{what} differ in case {i}"
+
+
+def test_toy_w4a4asym_parity(toy_ep, tmp_path):
+    qp = mqcompile.quantize(toy_ep[1], _config(default="w4a4asym"), progress=False)
+    ops = {n.target for n in qp.exported_program.graph.nodes}
+    assert torch.ops.mqcompile.quantize_act_asym.default in ops and torch.ops.mqcompile.quantize_act.default not in ops
+    report = export_onnx(qp, tmp_path / "asym.onnx", toy_inputs(2))
+    assert report.parity.cosine > COSINE and report.qlinear == 4, report
+    model, _ = _ops(report.path)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) == 3 and "act" in n.name]
+    assert len(dq) == 4  # the activation DequantizeLinear takes the per-token zero point
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # structure and parity
 # ----------------------------------------------------------------------------------------------------------------------

@@ -126,3 +126,86 @@ def test_config_checks_and_round_trips():
         recipes.BlockMDQFO(steps=-1)
     config = QuantConfig(algorithms=MQ + (recipes.BlockMDQFO(steps=7),))
     assert QuantConfig.from_json(config.to_json()).algorithm(recipes.BlockMDQFO).steps == 7
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the learned online transform (BlockMDQFO(transform=True))
+# ----------------------------------------------------------------------------------------------------------------------
+
+ROT = (recipes.Rotate(max_block=8),)
+
+
+def _transform_config(transform, steps=12, extra=()):
+    algorithms = MQ + ROT + (recipes.BlockMDQFO(steps=steps, transform=transform),) + extra
+    return QuantConfig(algorithms=algorithms, keep_float=())
+
+
+@pytest.fixture(scope="module")
+def learned(stack):
+    _, ep = stack
+    return mqcompile.quantize(ep, _transform_config(True), calibration=CALIB, progress=False)
+
+
+def test_learned_transform_starts_at_the_rotation_and_never_raises_a_loss(stack, learned):
+    model, ep = stack
+    fixed = mqcompile.quantize(ep, _transform_config(False), calibration=CALIB, progress=False)
+    report, base = learned.report["mdqfo_block"], fixed.report["mdqfo_block"]
+    # identity factors on top of the Hadamard: before any step the block computes exactly the rotated program
+    assert report["losses"]["layers.0"][0] == base["losses"]["layers.0"][0]
+    assert all(after <= start for start, after in report["losses"].values())
+    assert report["transforms"] >= 1 and report["improved"] >= 1
+    lefts = [k for k in learned.exported_program.state_dict if k.endswith("mq_rotation_left")]
+    assert lefts and all(k.startswith("layers.") for k in lefts)  # the stem linear is in no block
+    assert learned.report["bytes_rotation"] > fixed.report["bytes_rotation"]
+    # deployment computes what the pass optimized: the last block's loss is the program's own output error
+    with torch.no_grad():
+        deployed = sum(float(output_loss(model(**x), learned.module()(**x), beta=0.1)) for x in CALIB) / len(CALIB)
+    assert deployed == pytest.approx(report["losses"]["layers.2"][1], rel=1e-4)
+
+
+def test_learned_transform_keeps_the_float_function(stack):
+    from mqcompile.graph.export import copy_program
+    from mqcompile.passes import PassContext
+    from mqcompile.pipeline import run_pipeline
+    from mqcompile.solvers import rotate_act
+    from mqcompile.solvers.transform import kron_act
+
+    model, ep = stack
+    ctx = PassContext(_transform_config(True), calibration=[((), x) for x in CALIB], progress=False)
+    run_pipeline(copy_program(ep), ctx, progress=False, until="mdqfo_block")
+    learned = {name: plan for name, plan in ctx.plans.items() if plan.transform is not None}
+    assert learned
+    for name, plan in learned.items():
+        linear = model.get_submodule(name)
+        x = torch.randn(5, linear.in_features)
+        moved = kron_act(rotate_act(x, plan.rotation), *plan.transform)
+        assert not torch.allclose(moved, rotate_act(x, plan.rotation), atol=1e-3), name  # it did learn something
+        assert torch.allclose(moved @ plan.weight.T, linear(x) - linear.bias, atol=1e-4), name
+
+
+def test_learned_transform_exports_and_compiles(stack, learned, tmp_path):
+    from mqcompile.backends.onnx.export import export_onnx
+
+    x = _inputs(9)
+    with torch.no_grad():  # Inductor reassociates the float transform matmuls (so does it the fixed rotation's)
+        assert torch.allclose(mqcompile.compile(learned)(**x), learned.module()(**x), atol=1e-4)
+    result = export_onnx(learned, tmp_path / "learned.onnx", x)
+    assert result.parity.cosine > 0.999, result.parity
+
+
+def test_gptq_after_a_learned_transform_rounds_in_its_space(stack, learned):
+    model, ep = stack
+    gptq = mqcompile.quantize(ep, _transform_config(True, extra=(recipes.GPTQ(),)), calibration=CALIB, progress=False)
+    assert gptq.report["gptq"]["linears"] == 7
+    with torch.no_grad():
+        err = [sum(float(output_loss(model(**x), qp.module()(**x))) for x in CALIB) for qp in (learned, gptq)]
+    assert err[1] < err[0]  # error feedback on the tokens the weights really multiply helps, not hurts
+
+
+def test_transform_needs_rotate():
+    with pytest.raises(ConfigError, match="add recipes.Rotate"):
+        QuantConfig(algorithms=MQ + (recipes.BlockMDQFO(transform=True),))
+    with pytest.raises(ConfigError, match="BlockMDQFO.transform"):
+        recipes.BlockMDQFO(transform=1)
+    config = _transform_config(True)
+    assert QuantConfig.from_json(config.to_json()).algorithm(recipes.BlockMDQFO).transform is True

@@ -95,7 +95,8 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
         act = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
         is_act = act is not None and act.target == torch.ops.mqcompile.quantize_act.default
         x_bits = op_args(QuantizeActArgs, act).bits if is_act else 8
-        if args.w_bits != 4 or args.group_size or k > exact_float_chunk(x_bits, 4) or not _stored(w):
+        asym = args.x_zero is not None  # ATen's int4pack kernel has no zero-point correction
+        if args.w_bits != 4 or args.group_size or k > exact_float_chunk(x_bits, 4) or not _stored(w) or asym:
             counts["kept"] += 1
             continue
         if w.target not in done:

@@ -39,7 +39,7 @@ import torch
 
 from ...errors import UnsupportedProgramError
 from ...kernels.pack import unpack_int4
-from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, WLINEAR, marker_input
+from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, QUANTIZE_ACT_ASYM, WLINEAR, marker_input
 
 __all__ = ["VARIANTS", "LoweringStats", "lower_markers", "linear_name", "nbits_block"]
 
@@ -163,27 +163,37 @@ class _Lowerer:
             x2 = self.op(
                 qa, p, "Sub", [x2, self.table_rows(qa, p, shift_v, "DABC shift", f"{name}.act_shift", ids_flat)]
             )
-        amax = self.op(
-            qa, p, "ReduceMax", [self.op(qa, p, "Abs", [x2]), self.init(f"{name}.axes", self.ints([1]))], keepdims=0
-        )
-        if ids_flat is not None:
-            amax = self.op(
-                qa, p, "Mul", [self.op(qa, p, "Gather", [self.init(f"{name}.act_clip", clip), ids_flat]), amax]
-            )
-        elif clip[0] != 1.0:  # clip * amax is amax exactly when clip is 1
-            amax = self.op(qa, p, "Mul", [self.init(f"{name}.act_clip", np.asarray(clip[0], np.float32)), amax])
-        scale = self.op(qa, p, "Div", [amax, self.init(f"{name}.act_qmax", np.asarray(qmax, np.float32))])
+        asym = qa.op_type == QUANTIZE_ACT_ASYM
+        axes = self.init(f"{name}.axes", self.ints([1]))
         zero = self.init(f"{name}.zero", np.asarray(0.0, np.float32))
         one = self.init(f"{name}.one", np.asarray(1.0, np.float32))
+        if asym:  # range clip * [min(x, 0), max(x, 0)] over all 2^b codes (reference.quantize_act_asym_ref)
+            lo = self.op(qa, p, "Min", [self.op(qa, p, "ReduceMin", [x2, axes], keepdims=0), zero])
+            hi = self.op(qa, p, "Max", [self.op(qa, p, "ReduceMax", [x2, axes], keepdims=0), zero])
+            lo, hi = self._clipped(qa, p, name, clip, ids_flat, lo), self._clipped(qa, p, name, clip, ids_flat, hi)
+            span = self.op(qa, p, "Sub", [hi, lo])
+            levels = np.asarray(float((1 << act_bits) - 1), np.float32)
+            scale = self.op(qa, p, "Div", [span, self.init(f"{name}.act_levels", levels)])
+        else:
+            amax = self.op(qa, p, "ReduceMax", [self.op(qa, p, "Abs", [x2]), axes], keepdims=0)
+            amax = self._clipped(qa, p, name, clip, ids_flat, amax)
+            scale = self.op(qa, p, "Div", [amax, self.init(f"{name}.act_qmax", np.asarray(qmax, np.float32))])
         scale = self.op(qa, p, "Where", [self.op(qa, p, "Equal", [scale, zero]), one, scale])
+        qtype = ir.DataType.INT4 if act_bits == 4 else ir.DataType.INT8
+        zp = None
+        if asym:  # qmin - round(lo / s), saturated to the code range: QuantizeLinear with scale 1 does exactly that
+            qmin = self.init(f"{name}.act_qmin", np.asarray(-qmax - 1.0, np.float32))
+            zf = self.op(qa, p, "Sub", [qmin, self.op(qa, p, "Div", [lo, scale])])
+            zp = self.op(qa, p, "QuantizeLinear", [zf, one], output_dtype=qtype)
         info = {"x": x, "x2": x2, "scale": scale, "ids_flat": ids_flat, "bits": bits, "k": k, "q": None, "xd": None}
         needs_codes = any(
             v.is_graph_output() or any(not (c.domain == DOMAIN and c.op_type == QLINEAR) for c in v.consumers())
             for v in qa.outputs
         )
+        info["zp"] = zp
         if self.variant not in _NO_ACT_QDQ or needs_codes:
-            qtype = ir.DataType.INT4 if act_bits == 4 else ir.DataType.INT8
-            info["q"] = self.op(qa, p, "QuantizeLinear", [x2, scale], axis=0, output_dtype=qtype)
+            qdq = [x2, scale] if zp is None else [x2, scale, zp]
+            info["q"] = self.op(qa, p, "QuantizeLinear", qdq, axis=0, output_dtype=qtype)
             self.stats.act_quant += 1
         if needs_codes:  # codes used outside a qlinear: materialize the op's own outputs
             codes = self.op(qa, p, "Cast", [info["q"]], to=ir.DataType.INT8)
@@ -194,15 +204,28 @@ class _Lowerer:
             scale_out = self.op(qa, p, "Reshape", [scale, scale_shape])
             self._replace(qa.outputs[0], codes)
             self._replace(qa.outputs[1], scale_out)
+            if zp is not None:
+                zero_out = self.op(qa, p, "Cast", [zp], to=ir.DataType.INT32)
+                self._replace(qa.outputs[2], self.op(qa, p, "Reshape", [zero_out, scale_shape]))
         self.acts[qa] = info
         return info
+
+    def _clipped(self, qa: ir.Node, p: str, name: str, clip: np.ndarray, ids_flat, value: ir.Value) -> ir.Value:
+        """``clip[m(t)] * value`` per token (``value`` itself when the one clip is 1, exactly as the reference)."""
+        if ids_flat is not None:
+            table = self.init(f"{name}.act_clip", clip)
+            return self.op(qa, p, "Mul", [self.op(qa, p, "Gather", [table, ids_flat]), value])
+        if clip[0] != 1.0:
+            return self.op(qa, p, "Mul", [self.init(f"{name}.act_clip", np.asarray(clip[0], np.float32)), value])
+        return value
 
     def dequantized_act(self, qa: ir.Node, info: dict) -> ir.Value:
         if self.variant in _NO_ACT_QDQ or info["q"] is None:
             return info["x2"]
         if info["xd"] is None:
             p = f"{linear_name(qa)}/act"
-            info["xd"] = self.op(qa, p, "DequantizeLinear", [info["q"], info["scale"]], axis=0)
+            dq = [info["q"], info["scale"]] + ([] if info["zp"] is None else [info["zp"]])
+            info["xd"] = self.op(qa, p, "DequantizeLinear", dq, axis=0)
         return info["xd"]
 
     # --- weights ----------------------------------------------------------------------------------------------
@@ -294,8 +317,9 @@ class _Lowerer:
         if (
             qa is None
             or qa.domain != DOMAIN
-            or qa.op_type != QUANTIZE_ACT
+            or qa.op_type not in (QUANTIZE_ACT, QUANTIZE_ACT_ASYM)
             or _input(ql, "x_scale").producer() is not qa
+            or (qa.op_type == QUANTIZE_ACT_ASYM and _input(ql, "x_zero").producer() is not qa)
         ):
             raise UnsupportedProgramError(
                 f"{name}: mqcompile::qlinear does not take its codes and scales straight from mqcompile::quantize_act; "
@@ -353,7 +377,7 @@ class _Lowerer:
                 self.lower_wlinear(node)
         for node in markers:  # quantize_act markers whose codes leave the qlinears (standalone quantize_act)
             in_use = any(v.uses() or v.is_graph_output() for v in node.outputs)
-            if node.op_type == QUANTIZE_ACT and node not in self.acts and in_use:
+            if node.op_type in (QUANTIZE_ACT, QUANTIZE_ACT_ASYM) and node not in self.acts and in_use:
                 self.lower_act(node)
         for node in reversed(markers):
             if any(v.uses() or v.is_graph_output() for v in node.outputs):

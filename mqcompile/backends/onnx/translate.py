@@ -18,14 +18,25 @@ import torch
 from ... import kernels  # noqa: F401  (registers the mqcompile:: ops)
 from ...kernels.ops import QLinearArgs, QuantizeActArgs, WLinearArgs
 
-__all__ = ["DOMAIN", "QUANTIZE_ACT", "QLINEAR", "WLINEAR", "MARKER_INPUTS", "marker_input", "TABLE", "translated_ops"]
+__all__ = [
+    "DOMAIN",
+    "QUANTIZE_ACT",
+    "QUANTIZE_ACT_ASYM",
+    "QLINEAR",
+    "WLINEAR",
+    "MARKER_INPUTS",
+    "marker_input",
+    "TABLE",
+    "translated_ops",
+]
 
 DOMAIN = "com.mqcompile.export"
-QUANTIZE_ACT, QLINEAR, WLINEAR = "QuantizeAct", "QLinear", "WLinear"
+QUANTIZE_ACT, QUANTIZE_ACT_ASYM, QLINEAR, WLINEAR = "QuantizeAct", "QuantizeActAsym", "QLinear", "WLinear"
 # Each marker's tensor inputs, in order, by the op records' field names (the integer arguments become attributes).
 MARKER_INPUTS = {
     QUANTIZE_ACT: ("x", "clip", "modality_ids", "shift"),
-    QLINEAR: ("xq", "x_scale", "w", "w_scale", "bias", "comp", "modality_ids"),
+    QUANTIZE_ACT_ASYM: ("x", "clip", "modality_ids", "shift"),
+    QLINEAR: ("xq", "x_scale", "w", "w_scale", "bias", "comp", "modality_ids", "x_zero", "w_colsum"),
     WLINEAR: ("x", "w", "w_scale", "bias"),
 }
 
@@ -70,6 +81,8 @@ _INPUT_TYPES = {
     "w_scale": ("tensor(float)",),
     "bias": ("T", True),
     "comp": ("tensor(float)", True),
+    "x_zero": ("tensor(int32)", True),
+    "w_colsum": ("tensor(int32)", True),
 }
 
 
@@ -78,6 +91,9 @@ def _marker(op_type: str, outputs, attributes) -> onnxscript.values.Op:
 
 
 _QUANTIZE_ACT = _marker(QUANTIZE_ACT, [("codes", "tensor(int8)"), ("scale", "tensor(float)")], ["bits"])
+_QUANTIZE_ACT_ASYM = _marker(
+    QUANTIZE_ACT_ASYM, [("codes", "tensor(int8)"), ("scale", "tensor(float)"), ("zero", "tensor(int32)")], ["bits"]
+)
 _QLINEAR = _marker(QLINEAR, [("y", "T")], ["w_bits", "group_size", "in_features", "out_dtype"])
 _WLINEAR = _marker(WLINEAR, [("y", "T")], ["w_bits", "group_size", "in_features"])
 
@@ -92,6 +108,11 @@ def _quantize_act(x, clip, modality_ids=None, bits: int = 4, shift=None):
     return _QUANTIZE_ACT(*_inputs(QUANTIZE_ACT, args), bits=args.bits)
 
 
+def _quantize_act_asym(x, clip, modality_ids=None, bits: int = 4, shift=None):
+    args = QuantizeActArgs(x, clip, modality_ids, bits, shift)
+    return _QUANTIZE_ACT_ASYM(*_inputs(QUANTIZE_ACT_ASYM, args), bits=args.bits)
+
+
 def _qlinear(
     xq,
     x_scale,
@@ -104,8 +125,12 @@ def _qlinear(
     out_dtype: int = 1,
     comp=None,
     modality_ids=None,
+    x_zero=None,
+    w_colsum=None,
 ):
-    args = QLinearArgs(xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp, modality_ids)
+    args = QLinearArgs(
+        xq, x_scale, w, w_scale, bias, w_bits, group_size, in_features, out_dtype, comp, modality_ids, x_zero, w_colsum
+    )
     return _QLINEAR(
         *_inputs(QLINEAR, args),
         w_bits=args.w_bits,
@@ -124,6 +149,7 @@ def _wlinear(x, w, w_scale, bias=None, w_bits: int = 4, group_size: int = 0, in_
 
 TABLE = {
     torch.ops.mqcompile.quantize_act.default: _quantize_act,
+    torch.ops.mqcompile.quantize_act_asym.default: _quantize_act_asym,
     torch.ops.mqcompile.qlinear.default: _qlinear,
     torch.ops.mqcompile.wlinear.default: _wlinear,
 }
