@@ -83,8 +83,9 @@ def quantize_act_asym_ref(
     ``x~`` as in :func:`quantize_act_ref`; the token's range ``[lo, hi] = clip[m(t)] * [min(x~_t, 0), max(x~_t, 0)]``
     (zero stays exact) maps onto all ``2^b`` codes: ``s_t = (hi - lo) / (qmax - qmin)``, zero point
     ``z_t = qmin - round(lo / s_t)`` (in ``[qmin, qmax]``), ``q = clamp(round(x~ / s_t) + z_t, qmin, qmax)``, so
-    ``x~ ~= s_t (q - z_t)``. Codes stay signed (int8 containers for 4 and 8 bits, ONNX's int8 zero point). An all-zero
-    token gets scale 1 (its codes equal its zero point); NaN/Inf propagate through the scale as in :func:`quantize_act_ref`.
+    ``x~ ~= s_t (q - z_t)``. Codes stay signed (int8 containers for 4 and 8 bits, ONNX's int8 zero point). An
+    all-zero token gets scale 1 (its codes equal its zero point); NaN/Inf propagate through the scale as in
+    :func:`quantize_act_ref`.
     Returns (codes ``[..., K]`` int8, scales ``[..., 1]`` fp32, zero points ``[..., 1]`` int32).
     """
     qmin, qmax = qrange(bits)
@@ -106,7 +107,8 @@ def quantize_act_asym_ref(
 
 def zero_correction(acc: torch.Tensor, x_zero: torch.Tensor, w_colsum: torch.Tensor) -> torch.Tensor:
     """``acc - z_t * colsum(W_q)``: the integer accumulators of asymmetric codes made those of ``q - z`` (exact in
-    int32). ``acc`` ``[M, N]`` or ``[M, G, N]`` (int32, or fp32 holding integers), ``x_zero`` ``[M, 1]`` int32, ``w_colsum`` ``[G, N]`` int32."""
+    int32). ``acc`` ``[M, N]`` or ``[M, G, N]`` (int32, or fp32 holding integers), ``x_zero`` ``[M, 1]`` int32,
+    ``w_colsum`` ``[G, N]`` int32."""
     # in acc's dtype: the CPU path's fp32 accumulators hold exact integers, and so does this product (< 2**24)
     z, colsum = x_zero.reshape(-1, 1).to(acc.dtype), w_colsum.to(acc.dtype)
     if acc.dim() == 3:

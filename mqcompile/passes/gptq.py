@@ -5,7 +5,8 @@ and the inputs). Runs when the recipe has :class:`mqcompile.recipes.GPTQ`. Guara
 linear with calibration tokens, ``plan.weight_codes`` (int8 ``[N, K]``) and ``plan.weight_scale`` (the grid,
 unchanged from round-to-nearest with MDQFO's ``gamma``); ``rewrite_linears`` stores those codes. The tokens are
 what the weights multiply: the reservoir (already rotated when ``rotate``), times SmoothQuant's multiplier, through
-a learned transform (``mdqfo_block``), minus the DABC shift of their modality. Solver: :func:`mqcompile.solvers.gptq_codes`.
+a learned transform (``mdqfo_block``), minus the DABC shift of their modality. Solver:
+:func:`mqcompile.solvers.gptq_codes`.
 """
 
 from __future__ import annotations

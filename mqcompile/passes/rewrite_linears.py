@@ -2,8 +2,9 @@
 
 Needs: ``select_schemes`` (and ``insert_modality_ids`` for routed fused linears). Guarantees: every linear with a
 non-float scheme becomes ``quantize_act`` + ``qlinear`` (weights and activations quantized; ``quantize_act_asym``
-and the weights' column sums ``.mq_w_colsum`` for asymmetric activations) or ``wlinear`` (weight-only); packed weight codes, scales and per-modality activation clips become buffers next to the original
-weight (``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``, and ``.mq_rotation`` when the ``rotate`` pass
+and the weights' column sums ``.mq_w_colsum`` for asymmetric activations) or ``wlinear`` (weight-only); packed
+weight codes, scales and per-modality activation clips become buffers next to the original weight
+(``<linear>.mq_qweight``, ``.mq_w_scale``, ``.mq_act_clip``, and ``.mq_rotation`` when the ``rotate`` pass
 planned one, ``.mq_rotation_left`` too for a learned transform: then the input is rotated by graph ops inserted once
 per input and transform); the float weight is dropped unless something else still uses it (tied weights). The new
 nodes carry the linear's meta plus ``op``. The program is re-exported once so the new buffers are proper lifted
