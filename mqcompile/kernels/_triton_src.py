@@ -71,8 +71,60 @@ def quantize_act_kernel(
 
 
 @triton.jit
-def _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr,
-              HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr):  # fmt: skip
+def quantize_act_asym_kernel(
+    x_ptr,
+    clip_ptr,
+    ids_ptr,
+    shift_ptr,
+    q_ptr,
+    s_ptr,
+    z_ptr,
+    K,
+    QMAX: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    m = tl.load(ids_ptr + row).to(tl.int64) if HAS_IDS else 0
+    lo = tl.zeros((BLOCK_K,), dtype=tl.float32)  # zero stays in the range: min(x, 0), max(x, 0)
+    hi = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        lo = tl.minimum(lo, x)
+        hi = tl.maximum(hi, x)
+    clip = tl.load(clip_ptr + m)
+    lo_t = _mul(clip, tl.min(lo, axis=0))
+    hi_t = _mul(clip, tl.max(hi, axis=0))
+    scale = tl.div_rn(hi_t - lo_t, 2.0 * QMAX + 1.0)
+    scale = tl.where(scale == 0, 1.0, scale)
+    zero = -QMAX - 1.0 - ((tl.div_rn(lo_t, scale) + 12582912.0) - 12582912.0)
+    zero = tl.minimum(tl.maximum(zero, -QMAX - 1.0), QMAX * 1.0)
+    zero = tl.where(zero == zero, zero, 0.0)  # NaN rows: the scale carries the NaN
+    tl.store(s_ptr + row, scale)
+    tl.store(z_ptr + row, zero.to(tl.int32))
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        v = ((tl.div_rn(x, scale) + 12582912.0) - 12582912.0) + zero
+        v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
+        v = tl.where(v == v, v, 0.0)
+        tl.store(q_ptr + row * K + rk, v.to(tl.int8), mask=rk < K)
+
+
+@triton.jit
+def _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, xz_ptr, cs_ptr, out_ptr,
+              HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr,
+              HAS_ZERO: tl.constexpr):  # fmt: skip
+    if HAS_ZERO:  # asymmetric codes: acc - z_t * colsum(W_q), exact in int32
+        xz = tl.load(xz_ptr + rm, mask=rm < M, other=0)
+        cs = tl.load(cs_ptr + rn, mask=rn < N, other=0)
+        acc = acc - xz[:, None] * cs[None, :]
     xs = tl.load(xs_ptr + rm, mask=rm < M, other=0.0)
     ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
     y = _mul(_mul(acc.to(tl.float32), xs[:, None]), ws[None, :])
@@ -94,6 +146,8 @@ def qlinear_kernel(
     bias_ptr,
     comp_ptr,
     ids_ptr,
+    xz_ptr,
+    cs_ptr,
     out_ptr,
     M,
     N,
@@ -104,6 +158,7 @@ def qlinear_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_COMP: tl.constexpr,
     HAS_IDS: tl.constexpr,
+    HAS_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -153,18 +208,19 @@ def qlinear_kernel(
             else:
                 acc += tl.dot(a, tl.trans(w), out_dtype=tl.int32)
     if SPLIT_K == 1:
-        _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr,
-                  HAS_BIAS, HAS_COMP, HAS_IDS)  # fmt: skip
+        _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, xz_ptr, cs_ptr, out_ptr,
+                  HAS_BIAS, HAS_COMP, HAS_IDS, HAS_ZERO)  # fmt: skip
     else:  # out_ptr is the zeroed int32 workspace
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         tl.atomic_add(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=mask, sem="relaxed")
 
 
 @triton.jit
-def epilogue_kernel(acc_ptr, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr, M, N,
-                    HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr,
+def epilogue_kernel(acc_ptr, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, xz_ptr, cs_ptr, out_ptr, M, N,
+                    HAS_BIAS: tl.constexpr, HAS_COMP: tl.constexpr, HAS_IDS: tl.constexpr, HAS_ZERO: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     rm = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     acc = tl.load(acc_ptr + rm[:, None] * N + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N), other=0)
-    _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, out_ptr, HAS_BIAS, HAS_COMP, HAS_IDS)
+    _epilogue(acc, rm, rn, M, N, xs_ptr, ws_ptr, bias_ptr, comp_ptr, ids_ptr, xz_ptr, cs_ptr, out_ptr,
+              HAS_BIAS, HAS_COMP, HAS_IDS, HAS_ZERO)  # fmt: skip

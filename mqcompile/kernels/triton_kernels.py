@@ -3,11 +3,14 @@
 - ``quantize_act``: one program per token row: absmax of ``x - shift[m(t)]``, scale ``clip[m(t)] * absmax / qmax``,
   codes ``clamp(rint(x~ / s))`` in int8 containers; the activation is read twice from cache-resident blocks, never
   materialized shifted.
+- ``quantize_act_asym``: the same per row with a running min and max: scale ``clip * (max(x~, 0) - min(x~, 0)) /
+  (2^b - 1)``, int32 zero point ``qmin - rint(lo / s)``, codes ``clamp(rint(x~ / s) + z)``.
 - ``qlinear``: W4A4 / W8A8 GEMM on int8 values (Hopper has no int4 MMA; int4 values in int8 containers use the
   int8 tensor cores with exact int32 accumulation). 4-bit weights stay packed two per byte in memory; a
   ``[BLOCK_N, BLOCK_K/2]`` byte tile is loaded coalesced along K and split into sign-extended nibbles with two
   shifts, then interleaved back into K order in registers. Epilogue ``(acc * x_scale[t]) * w_scale[n] + bias[n] +
-  comp[m(t), n]`` in fp32, then the output dtype, in the same order as the reference so results match bit for bit.
+  comp[m(t), n]`` in fp32, then the output dtype, in the same order as the reference so results match bit for bit;
+  with asymmetric codes ``acc - z_t * colsum[n]`` first, in int32.
 - Split-K (for few output tiles, e.g. decode or the tall-K MLP down projection): each K slice adds its int32
   partial sums into an int32 workspace with atomics (integer addition is exact and order-free, so the result stays
   deterministic), then ``epilogue_kernel`` scales.
@@ -67,6 +70,7 @@ class Kernels(NamedTuple):
     quantize_act: object
     qlinear: object
     epilogue: object
+    quantize_act_asym: object
 
 
 @functools.cache
@@ -74,4 +78,4 @@ def kernels() -> Kernels:
     """JIT-compiled (or interpreted) Triton functions."""
     from . import _triton_src as src
 
-    return Kernels(src.quantize_act_kernel, src.qlinear_kernel, src.epilogue_kernel)
+    return Kernels(src.quantize_act_kernel, src.qlinear_kernel, src.epilogue_kernel, src.quantize_act_asym_kernel)

@@ -18,7 +18,7 @@ from torch.library import triton_op, wrap_triton
 from . import autotune
 from .triton_kernels import GemmConfig, kernels
 
-__all__ = ["quantize_act_triton", "qlinear_triton", "qlinear_launch"]
+__all__ = ["quantize_act_triton", "quantize_act_asym_triton", "qlinear_triton", "qlinear_launch"]
 
 
 @triton_op("mqcompile::quantize_act_triton", mutates_args=())
@@ -45,6 +45,32 @@ def quantize_act_triton(
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
 
 
+@triton_op("mqcompile::quantize_act_asym_triton", mutates_args=())
+def quantize_act_asym_triton(
+    x: torch.Tensor,
+    clip: torch.Tensor,
+    modality_ids: torch.Tensor | None,
+    bits: int,
+    shift: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    x2 = x.reshape(rows, k).contiguous()
+    q = torch.empty((rows, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    z = torch.empty((rows, 1), dtype=torch.int32, device=x.device)
+    clip32 = clip.float().contiguous()
+    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else clip32
+    sh = shift.float().contiguous() if shift is not None else clip32
+    block = min(1024, max(16, 1 << (k - 1).bit_length()))
+    if rows:
+        wrap_triton(kernels().quantize_act_asym)[(rows,)](
+            x2, clip32, ids, sh, q, s, z, k, (1 << (bits - 1)) - 1, modality_ids is not None, shift is not None, block
+        )
+    lead = (*x.shape[:-1], 1)
+    return q.reshape(x.shape), s.reshape(lead), z.reshape(lead)
+
+
 @triton_op("mqcompile::qlinear_triton", mutates_args=())
 def qlinear_triton(
     xq: torch.Tensor,
@@ -58,6 +84,8 @@ def qlinear_triton(
     out_dtype: torch.dtype,
     comp: torch.Tensor | None = None,
     modality_ids: torch.Tensor | None = None,
+    x_zero: torch.Tensor | None = None,
+    w_colsum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     if group_size:
         raise NotImplementedError(
@@ -65,7 +93,10 @@ def qlinear_triton(
         )
     lead = xq.shape[:-1]
     a = xq.reshape(-1, in_features).contiguous()
-    out = qlinear_launch(a, x_scale, w, w_scale, bias, comp, modality_ids, in_features, w_bits == 4, out_dtype)
+    out = qlinear_launch(
+        a, x_scale, w, w_scale, bias, comp, modality_ids, in_features, w_bits == 4, out_dtype,
+        x_zero=x_zero, w_colsum=w_colsum,
+    )  # fmt: skip
     return out.reshape(*lead, w.shape[0])
 
 
@@ -82,9 +113,12 @@ def qlinear_launch(
     out_dtype: torch.dtype,
     cfg: GemmConfig | None = None,
     fp8: bool = False,
+    *,
+    x_zero: torch.Tensor | None = None,
+    w_colsum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the GEMM on ``a [M, K]`` (int8 codes, or e4m3 with ``fp8``); ``cfg`` overrides the autotuned choice
-    (:mod:`mqcompile.kernels.autotune`)."""
+    (:mod:`mqcompile.kernels.autotune`); ``x_zero`` ``[M, 1]`` with ``w_colsum`` ``[1, N]`` for asymmetric codes."""
     m, n = a.shape[0], w.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if not m:
@@ -94,28 +128,33 @@ def qlinear_launch(
     b = bias.contiguous() if bias is not None else ws
     cp = comp.float().contiguous() if comp is not None else ws
     ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else xs
-    flags = (bias is not None, comp is not None, modality_ids is not None)
+    if (x_zero is None) != (w_colsum is None) or (fp8 and x_zero is not None):
+        raise ValueError("x_zero and w_colsum come together, on the integer GEMM only")
+    xz = x_zero.reshape(-1).to(torch.int32).contiguous() if x_zero is not None else ids
+    cs = w_colsum.reshape(-1).to(torch.int32).contiguous() if w_colsum is not None else ids
+    flags = (bias is not None, comp is not None, modality_ids is not None, x_zero is not None)
     w = w.contiguous()
     if fp8:  # the kernel loads e4m3 bytes as int8 and bitcasts (masked fp8 loads cannot fill with 0)
         a, w = a.view(torch.int8), w.view(torch.int8)
     if cfg is None:
         kind = "fp8" if fp8 else "w4" if w4 else "w8"
         cfg = autotune.choose(a, n, k, kind, lambda c: qlinear_launch(
-            a, x_scale, w, w_scale, bias, comp, modality_ids, k, w4, out_dtype, c, fp8))  # fmt: skip
+            a, x_scale, w, w_scale, bias, comp, modality_ids, k, w4, out_dtype, c, fp8,
+            x_zero=x_zero, w_colsum=w_colsum))  # fmt: skip
     if fp8 and cfg.split_k > 1:
         raise ValueError("the fp8 GEMM accumulates in fp32 and has no split-K path; use split_k=1")
     grid = (triton_cdiv(m, cfg.block_m), triton_cdiv(n, cfg.block_n), cfg.split_k)
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.int32, device=a.device)
     k_ = kernels()
     wrap_triton(k_.qlinear)[grid](
-        a, xs, w, ws, b, cp, ids, target, m, n, k, w.shape[1], w4, fp8, *flags,
+        a, xs, w, ws, b, cp, ids, xz, cs, target, m, n, k, w.shape[1], w4, fp8, *flags,
         cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, cfg.two_dot and w4,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if cfg.split_k > 1:
         bm, bn = 16 if m <= 16 else 64, 128
         wrap_triton(k_.epilogue)[(triton_cdiv(m, bm), triton_cdiv(n, bn))](
-            target, xs, ws, b, cp, ids, out, m, n, *flags, bm, bn
+            target, xs, ws, b, cp, ids, xz, cs, out, m, n, *flags, bm, bn
         )
     return out
 

@@ -164,3 +164,59 @@ def test_triton_op_rejects_grouped_weights():
     xq, xs, w, ws = torch.zeros(2, 8, dtype=torch.int8), torch.ones(2, 1), torch.zeros(4, 4, dtype=torch.uint8), None
     with pytest.raises(NotImplementedError, match="per-channel"):
         torch.ops.mqcompile.qlinear_triton(xq, xs, w, torch.ones(4, 2), ws, 4, 4, 8, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# asymmetric activations (w4a4asym)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("routed", [False, True])
+def test_quantize_act_asym_matches_reference(m, k, n, bits, routed):
+    x, clip, ids, shift = _inputs(m, k, m + k + 1)
+    x = x + 2.0  # offset tokens: zero points away from the middle
+    args = (x, clip, ids, bits, shift) if routed else (x, clip[:1], None, bits, None)
+    got = torch.ops.mqcompile.quantize_act_asym_triton(*(a.to(DEVICE) if torch.is_tensor(a) else a for a in args))
+    for g, r in zip(got, ref.quantize_act_asym_ref(*args)):
+        assert g.dtype == r.dtype and torch.equal(g.cpu(), r)
+
+
+def test_quantize_act_asym_ties_and_zero_rows():
+    x = torch.tensor([[7.5, 0.0, -7.5, 2.5], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 5.0, 15.0]])  # scales 1: exact halves
+    got = torch.ops.mqcompile.quantize_act_asym_triton(x.to(DEVICE), torch.ones(1, device=DEVICE), None, 4)
+    want = ref.quantize_act_asym_ref(x, torch.ones(1), None, 4)
+    assert all(torch.equal(g.cpu(), r) for g, r in zip(got, want))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 96, 40), (37, 200, 70), (16, 300, 129)])
+@pytest.mark.parametrize("cfg", [None, GemmConfig(16, 32, 32, 3), GemmConfig(16, 32, 64, 1, two_dot=True)])
+def test_qlinear_with_zero_points_matches_reference(m, k, n, cfg):
+    g = torch.Generator().manual_seed(m + n)
+    x, clip, ids, shift = _inputs(m, k, n)
+    xq, xs, xz = ref.quantize_act_asym_ref(x, clip, ids, 4, shift)
+    w = pack_int4(torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8))
+    colsum = ref.weight_colsum(w, 4, k)
+    ws, bias, comp = torch.rand(n, 1, generator=g), torch.randn(n, generator=g), torch.randn(MODALITIES, n, generator=g)
+    want = ref.qlinear_ref(xq, xs, w, ws, bias, 4, 0, k, torch.float32, comp, ids, xz, colsum)
+    dev = [a.to(DEVICE) for a in (xq, xs, w, ws, bias, comp, ids)]
+    got = qlinear_launch(*dev, k, True, torch.float32, cfg, x_zero=xz.to(DEVICE), w_colsum=colsum.to(DEVICE))
+    assert torch.equal(got.cpu(), want)
+
+
+def test_asymmetric_program_with_triton_ops_equals_the_program(toy):
+    import dataclasses
+
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, dataclasses.replace(TOY_CONFIG, default="w4a4asym"), progress=False)
+    module = detach_to(qp.exported_program.module(), DEVICE)
+    assert use_triton_ops(module) == {"quantize_act": 4, "qlinear": 4, "kept": 0, "unpacked": 0}
+    targets = {n.target for n in module.graph.nodes}
+    assert torch.ops.mqcompile.quantize_act_asym_triton.default in targets
+    inputs = {k: v.to(DEVICE) for k, v in toy_inputs(2).items()}
+    got, want = module(**inputs).cpu(), qp.module()(**toy_inputs(2))
+    if DEVICE == "cpu":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

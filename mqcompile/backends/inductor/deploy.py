@@ -62,6 +62,9 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
         if node.target == ops.quantize_act.default:
             node.target = ops.quantize_act_triton.default
             counts["quantize_act"] += 1
+        elif node.target == ops.quantize_act_asym.default:
+            node.target = ops.quantize_act_asym_triton.default
+            counts["quantize_act"] += 1
         elif node.target == ops.qlinear.default:
             args = op_args(QLinearArgs, node)
             if args.group_size:
