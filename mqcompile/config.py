@@ -200,7 +200,8 @@ class QuantConfig:
     scheme), ``keep_float`` patterns, ``modality`` (modality path -> scheme), ``default``.
 
     Args:
-        default: scheme for every linear not matched otherwise (``w4a4``, ``w4a16``, ``w8a8``, ``float``).
+        default: scheme for every linear not matched otherwise (``w4a4``, ``w4a4asym``: asymmetric per-token
+            activations, ``w4a16``, ``w8a8``, ``float``).
         modality: per modality path (``text``, ``vision``, ``audio``, ``fused``) scheme.
         overrides: ``(pattern, scheme)`` pairs matched against linear names, e.g. ``("*.mlp.down_proj", "w8a8")``.
         keep_float: name patterns that stay float; the output head by default (its error hits every token's logits).

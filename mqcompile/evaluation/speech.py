@@ -144,6 +144,9 @@ MAX_CLIP_TOKENS = 224
 MAX_CLIP_SECONDS = 28.0
 GAP_SECONDS = 0.5
 _VOICE = "en-us"
+# The harder set (issue #16): the evaluation sentences in another accent and voice variant, faster, in white noise at
+# a fixed signal-to-noise ratio (seeded), while calibration keeps the easy voice: does a recipe generalize?
+HARD = {"voice": "en-gb-scotland+f3", "speed": 200, "snr_db": 15.0}
 _FEATURES_VERSION = "1"  # bump when synthesis, packing or feature extraction changes
 # (evaluation sentences, calibration sentences); calibration comes from the other end of the permutation
 _SIZES = {False: (40, 10), True: (8, 5)}
@@ -229,14 +232,15 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
     return out[: int(round(n * target / rate))].astype(np.float32)
 
 
-def synthesize(sentence: str, workdir: str | Path, *, voice: str = _VOICE) -> np.ndarray:
-    """``sentence`` spoken by espeak-ng: mono float32 at 16 kHz.
+def synthesize(sentence: str, workdir: str | Path, *, voice: str = _VOICE, speed: int | None = None) -> np.ndarray:
+    """``sentence`` spoken by espeak-ng (``speed`` in words per minute, espeak's default 175): mono float32, 16 kHz.
 
     Raises:
         CheckpointError: espeak-ng is missing (names the apt package) or fails.
     """
     path = Path(workdir) / "speech.wav"
-    result = subprocess.run([_espeak(), "-v", voice, "-w", str(path), sentence], capture_output=True, text=True)
+    rate = [] if speed is None else ["-s", str(speed)]
+    result = subprocess.run([_espeak(), "-v", voice, *rate, "-w", str(path), sentence], capture_output=True, text=True)
     if result.returncode != 0 or not path.is_file():
         raise CheckpointError(f"espeak-ng failed on {sentence!r}: {result.stderr.strip()[-300:]}")
     with wave.open(str(path), "rb") as wav:
@@ -263,8 +267,16 @@ def pack_clips(durations: Sequence[float], max_seconds: float, gap_seconds: floa
     return clips
 
 
-def speech_clips(sentences: Sequence[str], *, pack: bool = True) -> tuple[list[list[int]], torch.Tensor]:
-    """Spoken ``sentences`` packed into clips (see the module doc) and their log-mel features.
+def speech_clips(
+    sentences: Sequence[str],
+    *,
+    pack: bool = True,
+    voice: str = _VOICE,
+    speed: int | None = None,
+    snr_db: float | None = None,
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Spoken ``sentences`` packed into clips (see the module doc) and their log-mel features; ``voice``/``speed``
+    as :func:`synthesize`, ``snr_db``: white noise (seeded) at that signal-to-noise ratio over each clip.
 
     Returns:
         ``(clips, features)``: sentence indices per clip, and float32 features ``(len(clips), 80, 3000)``.
@@ -276,7 +288,8 @@ def speech_clips(sentences: Sequence[str], *, pack: bool = True) -> tuple[list[l
     max_seconds = MAX_CLIP_SECONDS if pack else 0.0
     settings = {k: v for k, v in extractor.to_dict().items() if isinstance(v, (int, float, str))}
     key = json.dumps(
-        [_FEATURES_VERSION, list(sentences), _VOICE, _espeak_version(), max_seconds, GAP_SECONDS, settings],
+        [_FEATURES_VERSION, list(sentences), voice, _espeak_version(), max_seconds, GAP_SECONDS, settings]
+        + ([] if speed is None and snr_db is None else [speed, snr_db]),
         sort_keys=True,
     )
     path = cache_dir("data", "speech") / f"clips-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
@@ -285,10 +298,18 @@ def speech_clips(sentences: Sequence[str], *, pack: bool = True) -> tuple[list[l
         return cached["clips"], cached["features"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        audio = [synthesize(s, tmp) for s in sentences]
+        audio = [synthesize(s, tmp, voice=voice, speed=speed) for s in sentences]
     clips = pack_clips([len(a) / SAMPLE_RATE for a in audio], max_seconds)
     gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
     waves = [np.concatenate([part for i in clip for part in (gap, audio[i])][1:]) for clip in clips]
+    if snr_db is not None:
+        rng = np.random.default_rng(0)
+        noisy = []
+        for w in waves:
+            power = float(np.mean(w.astype(np.float64) ** 2))
+            noise = rng.standard_normal(len(w)) * math.sqrt(power / 10 ** (snr_db / 10))
+            noisy.append((w + noise).astype(np.float32))
+        waves = noisy
     feats = extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
     features = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
     torch.save({"clips": clips, "features": features}, path)
@@ -426,7 +447,7 @@ class SpeechTask:
     """
 
     name = "whisper-base"
-    metrics = (Metric("wer", higher_is_better=False),)
+    metrics = (Metric("wer", higher_is_better=False), Metric("wer_hard", higher_is_better=False))
 
     def __init__(
         self,
@@ -462,8 +483,9 @@ class SpeechTask:
     def _split(self, which: str) -> dict[str, Any]:
         """Clips of one split: features, reference texts, reference token ids and per-clip token limits."""
         if which not in self._data:
-            sentences = self.eval_sentences if which == "eval" else self.calibration_sentences
-            clips, features = speech_clips(sentences, pack=self.pack)
+            sentences = self.calibration_sentences if which == "calibration" else self.eval_sentences
+            conditions = HARD if which == "hard" else {}
+            clips, features = speech_clips(sentences, pack=self.pack, **conditions)
             tokenizer = self._load_model()[1]
             texts = [" ".join(sentences[i] for i in clip) for clip in clips]
             self._data[which] = {
@@ -523,12 +545,13 @@ class SpeechTask:
         return self._programs
 
     # ------------------------------------------------------------------------------------------------ evaluation
-    def transcribe(self, modules: Mapping[str, Callable[..., Any]]) -> list[str]:
-        """Greedy transcripts of the evaluation clips; timings of the call land in :attr:`last_timing`."""
+    def transcribe(self, modules: Mapping[str, Callable[..., Any]], split: str = "eval") -> list[str]:
+        """Greedy transcripts of the evaluation clips (``split="hard"``: the harder set, :data:`HARD`); timings of
+        the call land in :attr:`last_timing`."""
         from mqcompile.evaluation.checkpoints.whisper import EOT_ID, PROMPT_IDS
 
         tokenizer = self._load_model()[1]
-        ev = self._split("eval")
+        ev = self._split(split)
         features = ev["features"]
         drafts = [[*ids, EOT_ID] for ids in ev["ids"]]
         with torch.no_grad():
@@ -544,6 +567,7 @@ class SpeechTask:
         return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def evaluate(self, modules: Mapping[str, Callable[..., Any]]) -> dict[str, float]:
+        wer_hard = word_error_rate(self._split("hard")["texts"], self.transcribe(modules, "hard"))
         texts = self.transcribe(modules)
         wer = word_error_rate(self._split("eval")["texts"], texts)
         timing = self.last_timing
@@ -558,4 +582,5 @@ class SpeechTask:
             timing["decoder_calls"],
             timing["decoder_row_calls"],
         )
-        return {"wer": wer}
+        log.info("whisper-base: WER %.2f%% on the harder set (%s)", wer_hard, HARD)
+        return {"wer": wer, "wer_hard": wer_hard}

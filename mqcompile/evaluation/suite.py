@@ -96,6 +96,16 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
         "default": "w4a4",
         "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10, transform=True),),
     },
+    # asymmetric per-token activation codes (a zero point per token, issue #16 item 2), alone and with the best recipes
+    "W4A4asym-RTN+Rot": {"default": "w4a4asym", "algorithms": _ROT},
+    "W4A4asym-MorphoQuant+Rot+Block": {
+        "default": "w4a4asym",
+        "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10),),
+    },
+    "W4A4asym-MorphoQuant+Rot+Block+LT": {
+        "default": "w4a4asym",
+        "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10, transform=True),),
+    },
     # and GPTQ weight rounding on the same grids (a larger reservoir: GPTQ's Hessian needs more tokens than K / 4)
     "W4A4-RTN+Rot+GPTQ": {"default": "w4a4", "algorithms": _ROT + (recipes.GPTQ(),), "reservoir_tokens": 1024},
     "W4A4-MorphoQuant+Rot+GPTQ": {

@@ -8,6 +8,9 @@ Data (see ``docs/assets.md``, "Text LM"):
   between evaluation (even index) and calibration (odd index), so the two are disjoint and do not depend on the seed.
   Each chunk is the first ``seq_len`` tokens of one article.
 * CPython's ``pydoc_data.topics`` (reference-manual prose): evenly spaced ``seq_len``-token windows; a sanity set.
+* News prose the calibration never draws from (issue #16): gensim 4.4.0's ``lee_background.cor``, the 300 Australian
+  Broadcasting Corporation news articles of the Lee corpus, joined in file order; evenly spaced ``seq_len``-token
+  windows (``ppl_news``).
 * BIG-bench (1.0.0 sdist, read with ``tarfile``, never installed): ``general_knowledge``, ``physics``,
   ``physical_intuition``. Each option is scored by its mean token log-likelihood after the prompt (length
   normalized); the question is right when the best-scored option has the top target score. Several questions with
@@ -50,6 +53,7 @@ __all__ = [
     "parse_wiki_dump",
     "load_wiki_articles",
     "load_pydoc_text",
+    "load_news_text",
     "load_bigbench_task",
     "pack_questions",
     "option_scores",
@@ -141,6 +145,18 @@ def load_wiki_articles() -> list[tuple[str, str]]:
     _write_json(cached, articles)
     log.info("parsed %d Wikipedia articles in %.1f s (into %s)", len(articles), time.perf_counter() - start, cached)
     return articles
+
+
+NEWS_FILE = "test/test_data/lee_background.cor"
+
+
+def load_news_text() -> str:
+    """The Lee corpus' 300 ABC news articles (gensim's test data), one per paragraph, in file order."""
+    path = package_dir("gensim") / NEWS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; reinstall {GENSIM_REQUIREMENT} (pip install -e '.[eval]')")
+    lines = path.read_text(encoding="latin-1").splitlines()
+    return "\n\n".join(line.strip() for line in lines if line.strip())
 
 
 def load_pydoc_text() -> str:
@@ -299,7 +315,8 @@ class TextLMTask:
     Args:
         quick: a small slice for smoke runs (seeded subsets of the BIG-bench questions, fewer and shorter chunks).
         seed: picks the quick-mode question subsets (full mode uses every question; the data split is fixed).
-        ppl_chunks: Wikipedia (and pydoc) chunks to score; default 8 (quick 2) for Wikipedia, half that for pydoc.
+        ppl_chunks: Wikipedia (and pydoc, news) chunks to score; default 8 (quick 2) for Wikipedia, half that for
+            pydoc and for news.
         seq_len: tokens per perplexity chunk and per calibration sequence; default 256 (quick 128).
         mc_questions: cap on the questions per BIG-bench task (seeded subset); default all (quick 12/2/4).
         calib_batches: calibration batches of one ``seq_len`` sequence each; default 8 (quick 2).
@@ -311,6 +328,7 @@ class TextLMTask:
     metrics = (
         Metric("ppl_wiki", higher_is_better=False),
         Metric("ppl_pydoc", higher_is_better=False),
+        Metric("ppl_news", higher_is_better=False),
         *(Metric(f"acc_{t}", higher_is_better=True, fmt="{:.1f}") for t in MC_TASKS),
     )
     #: tokens per forward (rows x padded length) when scoring BIG-bench questions
@@ -373,11 +391,11 @@ class TextLMTask:
             raise CheckpointError(f"only {len(rows)} articles have {self.seq_len} tokens, {n} needed")
         return torch.tensor(rows, dtype=torch.long)
 
-    def _pydoc_chunks(self, n: int) -> torch.Tensor:
-        ids = self.tokenizer(load_pydoc_text()).input_ids
+    def _pydoc_chunks(self, n: int, text: str | None = None, what: str = "pydoc_data.topics") -> torch.Tensor:
+        ids = self.tokenizer(load_pydoc_text() if text is None else text).input_ids
         windows = len(ids) // self.seq_len
         if windows < n:
-            raise CheckpointError(f"pydoc_data.topics has {windows} windows of {self.seq_len} tokens, {n} needed")
+            raise CheckpointError(f"{what} has {windows} windows of {self.seq_len} tokens, {n} needed")
         picks = [round(i * (windows - 1) / max(n - 1, 1)) for i in range(n)]
         return torch.tensor([ids[p * self.seq_len : (p + 1) * self.seq_len] for p in picks], dtype=torch.long)
 
@@ -424,6 +442,7 @@ class TextLMTask:
             self._data = {
                 "wiki": self._article_chunks(evaluation, self.wiki_chunks),
                 "pydoc": self._pydoc_chunks(self.pydoc_chunks),
+                "news": self._pydoc_chunks(self.pydoc_chunks, load_news_text(), "the Lee news corpus"),
                 "calibration": self._article_chunks(calibration, self.calib_batches),
                 "mc": {t: self._mc_rows(t) for t in MC_TASKS},
             }
@@ -495,11 +514,13 @@ class TextLMTask:
         out: dict[str, float] = {}
         with torch.inference_mode():
             start = time.perf_counter()
-            wiki, pydoc = data["wiki"], data["pydoc"]
-            sums = chunk_nll(module, torch.cat([wiki, pydoc]), self.ppl_batch)
+            wiki, pydoc, news = data["wiki"], data["pydoc"], data["news"]
+            sums = chunk_nll(module, torch.cat([wiki, pydoc, news]), self.ppl_batch)
             per_chunk = self.seq_len - 1
-            out["ppl_wiki"] = math.exp(float(sums[: len(wiki)].sum()) / (len(wiki) * per_chunk))
-            out["ppl_pydoc"] = math.exp(float(sums[len(wiki) :].sum()) / (len(pydoc) * per_chunk))
+            cuts = {"wiki": (0, len(wiki)), "pydoc": (len(wiki), len(wiki) + len(pydoc))}
+            cuts["news"] = (len(wiki) + len(pydoc), len(sums))
+            for name, (a, b) in cuts.items():
+                out[f"ppl_{name}"] = math.exp(float(sums[a:b].sum()) / ((b - a) * per_chunk))
             ppl_s = time.perf_counter() - start
             start = time.perf_counter()
             tally = self._mc_correct(module, [r for task in MC_TASKS for r in data["mc"][task]])

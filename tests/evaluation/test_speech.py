@@ -160,7 +160,7 @@ def test_task_split_is_disjoint_and_seeded():
     assert speech.SpeechTask(seed=0).eval_sentences == task.eval_sentences
     for sentence in speech.SENTENCES:
         assert 8 <= len(sentence.split()) <= 25 and normalize_text(sentence)
-    assert task.name == "whisper-base" and [m.name for m in task.metrics] == ["wer"]
+    assert task.name == "whisper-base" and [m.name for m in task.metrics] == ["wer", "wer_hard"]
     assert not task.metrics[0].higher_is_better
     with pytest.raises(ValueError):
         speech.SpeechTask(eval_sentences=50, calibration_sentences=10)
@@ -181,8 +181,12 @@ def test_real_slice_float_vs_w4a4():
     specs = task.programs()
     assert set(specs) == {"encoder", "decoder"}
     assert dict(specs["decoder"].config) == {"sources": {"encoder_hidden_states": "audio", "decoder_input_ids": "text"}}
-    float_wer = task.evaluate({k: s.program.module() for k, s in specs.items()})["wer"]
-    assert float_wer < 25.0
+    floats = task.evaluate({k: s.program.module() for k, s in specs.items()})
+    float_wer = floats["wer"]
+    assert float_wer < 25.0 and math.isfinite(floats["wer_hard"])
+    # the harder set: the same sentences, another voice, faster, in noise (not the easy clips again)
+    hard, easy = task._split("hard"), task._split("eval")
+    assert hard["texts"] == easy["texts"] and not torch.equal(hard["features"], easy["features"])
     quantized = {
         k: mqcompile.quantize(s.program, mqcompile.QuantConfig(**s.config), s.calibration, progress=False)
         for k, s in specs.items()

@@ -1,0 +1,98 @@
+"""Qwen2-0.5B W4A4 perplexity against calibration size (issue #16 item 3): batches of 256-token sequences, and the
+reservoir of tokens per linear that MDQFO and GPTQ see.
+
+Each point quantizes the suite's program with one suite method (``--method``, its knobs unchanged except the
+reservoir) on the first ``batches`` calibration sequences of the suite's calibration split, then scores the suite's
+wiki and pydoc chunks (pydoc: text the calibration never drew from). Perplexity only: the multiple-choice questions
+would triple the time per point. Prints a Markdown table and writes it (and JSON) with ``--out``.
+
+Example::
+
+    OMP_NUM_THREADS=2 python tools/calibration_curve.py --method W4A4-MorphoQuant+Rot \\
+        --points 2:256 8:256 32:256 8:64 8:1024 --out docs/calibration_curve.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import resource
+import time
+
+import torch
+
+from mqcompile import quantize
+from mqcompile.evaluation.suite import METHODS, method_config
+from mqcompile.evaluation.text_lm import TextLMTask, chunk_nll
+
+log = logging.getLogger("calibration_curve")
+
+
+def _point(text: str) -> tuple[int, int]:
+    batches, _, reservoir = text.partition(":")
+    return int(batches), int(reservoir or 256)
+
+
+def _perplexities(module, data: dict, batch: int) -> tuple[float, float]:
+    wiki, pydoc = data["wiki"], data["pydoc"]
+    with torch.inference_mode():
+        sums = chunk_nll(module, torch.cat([wiki, pydoc]), batch)
+    per = wiki.shape[1] - 1
+    return (
+        math.exp(float(sums[: len(wiki)].sum()) / (len(wiki) * per)),
+        math.exp(float(sums[len(wiki) :].sum()) / (len(pydoc) * per)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="W4A4-MorphoQuant+Rot", choices=[m for m in METHODS if METHODS[m]])
+    parser.add_argument("--points", nargs="+", default=["2:256", "8:256", "32:256", "8:64", "8:1024"],
+                        help="BATCHES:RESERVOIR_TOKENS pairs")  # fmt: skip
+    parser.add_argument("--out", default=None, help="write the table here (.md; the JSON beside it)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    points = [_point(p) for p in args.points]
+    task = TextLMTask(calib_batches=max(b for b, _ in points))
+    spec = task.programs()["lm"]
+    data = task.data()
+    float_ppl = _perplexities(spec.program.module(), data, task.ppl_batch)
+    rows = []
+    for batches, reservoir in points:
+        config = method_config(spec, {**METHODS[args.method], "reservoir_tokens": reservoir})
+        start = time.perf_counter()
+        qp = quantize(spec.program, config, calibration=spec.calibration[:batches], progress=False)
+        quantize_s = time.perf_counter() - start
+        wiki, pydoc = _perplexities(qp.module(), data, task.ppl_batch)
+        rows.append({"batches": batches, "tokens": batches * task.seq_len, "reservoir": reservoir,
+                     "ppl_wiki": wiki, "ppl_pydoc": pydoc, "quantize_s": quantize_s,
+                     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})  # fmt: skip
+        log.info("%s", rows[-1])
+        del qp
+    lines = [
+        f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity {float_ppl[0]:.2f} (wiki) / "
+        f"{float_ppl[1]:.2f} (pydoc); {task.seq_len}-token calibration sequences; one run per point.",
+        "",
+        "| batches | tokens | reservoir per linear | ppl_wiki (x float) | ppl_pydoc (x float) | quantize s | peak RSS GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batches']} | {r['tokens']} | {r['reservoir']} | {r['ppl_wiki']:.2f} "
+            f"({r['ppl_wiki'] / float_ppl[0]:.3f}) | {r['ppl_pydoc']:.2f} ({r['ppl_pydoc'] / float_ppl[1]:.3f}) | "
+            f"{r['quantize_s']:.0f} | {r['peak_rss_gb']:.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+        with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
+            json.dump({"method": args.method, "float": float_ppl, "points": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
