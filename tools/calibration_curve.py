@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity {float_ppl[0]:.2f} (wiki) / "
         f"{float_ppl[1]:.2f} (pydoc); {task.seq_len}-token calibration sequences; one run per point.",
         "",
-        "| batches | tokens | reservoir per linear | ppl_wiki (x float) | ppl_pydoc (x float) | quantize s | peak RSS GB |",
+        "| batches | tokens | reservoir per linear | ppl_wiki (x float) | ppl_pydoc (x float) | quantize s "
+        "| peak RSS GB |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
