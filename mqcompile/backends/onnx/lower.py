@@ -17,9 +17,9 @@ reference (checked bit for bit in the tests). Asymmetric activations (``w4a4asym
 take the range ``clip * [Min(ReduceMin(x2), 0), Max(ReduceMax(x2), 0)]``, ``s = (hi - lo) / 15`` and a per-token
 zero point ``QuantizeLinear(qmin - lo / s, 1, output_dtype=INT4)`` (rounding and saturating exactly as the reference),
 given to both QuantizeLinear and DequantizeLinear; the GEMM then sees ``s (q - z)`` and needs no correction.
-Variants change only the activation side: ``w4a8`` quantizes the 4-bit activations to INT8 with ``qmax = 127``; ``w4a16`` drops the activation Q/DQ. ``w4a16`` also stores
-per-channel 4-bit weights blocked along K (block 16..128, the channel scale repeated per block, same dequantized
-values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``. ``w4a8int`` computes in
+Variants change only the activation side: ``w4a8`` quantizes the 4-bit activations to INT8 with ``qmax = 127``;
+``w4a16`` drops the activation Q/DQ. ``w4a16`` also stores per-channel 4-bit weights blocked along K (block 16..128,
+the channel scale repeated per block, same dequantized values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``. ``w4a8int`` computes in
 integers instead of Q/DQ::
 
     xq, xs, xz = DynamicQuantizeLinear(x2)          # per-tensor UINT8, asymmetric (ONNX's only dynamic quantizer)
