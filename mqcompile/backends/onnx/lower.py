@@ -19,8 +19,8 @@ zero point ``QuantizeLinear(qmin - lo / s, 1, output_dtype=INT4)`` (rounding and
 given to both QuantizeLinear and DequantizeLinear; the GEMM then sees ``s (q - z)`` and needs no correction.
 Variants change only the activation side: ``w4a8`` quantizes the 4-bit activations to INT8 with ``qmax = 127``;
 ``w4a16`` drops the activation Q/DQ. ``w4a16`` also stores per-channel 4-bit weights blocked along K (block 16..128,
-the channel scale repeated per block, same dequantized values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul`` into ``MatMulNBits``. ``w4a8int`` computes in
-integers instead of Q/DQ::
+the channel scale repeated per block, same dequantized values) so ONNX Runtime can fuse ``DequantizeLinear + MatMul``
+into ``MatMulNBits``. ``w4a8int`` computes in integers instead of Q/DQ::
 
     xq, xs, xz = DynamicQuantizeLinear(x2)          # per-tensor UINT8, asymmetric (ONNX's only dynamic quantizer)
     y  = Mul(Cast(MatMulInteger(xq, Cast(L.qweight INT4 -> INT8), xz), FLOAT), Mul(L.w_scale, xs))
