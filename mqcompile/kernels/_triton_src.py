@@ -34,6 +34,15 @@ else:  # mul.rn / add.rn: an explicit rounding mode keeps the compiler from cont
 
 
 @triton.jit
+def _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT: tl.constexpr):
+    """One block ``rk`` of token ``row``'s ``x - shift[m]`` in fp32 (both quantize kernels read it twice)."""
+    x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+    return x
+
+
+@triton.jit
 def quantize_act_kernel(
     x_ptr,
     clip_ptr,
@@ -52,9 +61,7 @@ def quantize_act_kernel(
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
         amax = tl.maximum(amax, tl.abs(x))
     clip = tl.load(clip_ptr + m)
     scale = tl.div_rn(clip * tl.max(amax, axis=0), QMAX * 1.0)
@@ -62,9 +69,7 @@ def quantize_act_kernel(
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
         v = (tl.div_rn(x, scale) + 12582912.0) - 12582912.0  # 1.5 * 2**23: round half to even
         v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
         tl.store(q_ptr + row * K + rk, v.to(tl.int8), mask=rk < K)
@@ -91,9 +96,7 @@ def quantize_act_asym_kernel(
     hi = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
         lo = tl.minimum(lo, x)
         hi = tl.maximum(hi, x)
     clip = tl.load(clip_ptr + m)
@@ -108,9 +111,7 @@ def quantize_act_asym_kernel(
     tl.store(z_ptr + row, zero.to(tl.int32))
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + row * K + rk, mask=rk < K, other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            x = x - tl.load(shift_ptr + m * K + rk, mask=rk < K, other=0.0)
+        x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
         v = ((tl.div_rn(x, scale) + 12582912.0) - 12582912.0) + zero
         v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
         v = tl.where(v == v, v, 0.0)

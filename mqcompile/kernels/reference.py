@@ -44,6 +44,12 @@ def _token_rows(table: torch.Tensor, modality_ids: torch.Tensor | None, lead: to
     return table.index_select(0, modality_ids.reshape(-1)).reshape(*lead, *table.shape[1:])
 
 
+def _shifted(x: torch.Tensor, shift: torch.Tensor | None, modality_ids: torch.Tensor | None) -> torch.Tensor:
+    """``x - shift[m(t)]`` in fp32 (``x`` itself in fp32 without a shift)."""
+    x32 = x.float()
+    return x32 if shift is None else x32 - _token_rows(shift.float(), modality_ids, x.shape[:-1])
+
+
 def quantize_act_ref(
     x: torch.Tensor,
     clip: torch.Tensor,
@@ -61,9 +67,7 @@ def quantize_act_ref(
     """
     qmin, qmax = qrange(bits)
     lead = x.shape[:-1]
-    x32 = x.float()
-    if shift is not None:
-        x32 = x32 - _token_rows(shift.float(), modality_ids, lead)
+    x32 = _shifted(x, shift, modality_ids)
     amax = x32.abs().amax(dim=-1, keepdim=True)
     scale = _token_rows(clip.float()[:, None], modality_ids, lead) * amax / qmax
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -90,9 +94,7 @@ def quantize_act_asym_ref(
     """
     qmin, qmax = qrange(bits)
     lead = x.shape[:-1]
-    x32 = x.float()
-    if shift is not None:
-        x32 = x32 - _token_rows(shift.float(), modality_ids, lead)
+    x32 = _shifted(x, shift, modality_ids)
     clip_t = _token_rows(clip.float()[:, None], modality_ids, lead)
     lo = clip_t * x32.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = clip_t * x32.amax(dim=-1, keepdim=True).clamp(min=0)
