@@ -3,7 +3,7 @@ reservoir of tokens per linear that MDQFO and GPTQ see.
 
 Each point quantizes the suite's program with one suite method (``--method``, its knobs unchanged except the
 reservoir) on the first ``batches`` calibration sequences of the suite's calibration split, then scores the suite's
-wiki and pydoc chunks (pydoc: text the calibration never drew from). Perplexity only: the multiple-choice questions
+wiki, pydoc and news chunks (pydoc and news: text the calibration never drew from). Perplexity only: the multiple-choice questions
 would triple the time per point. Prints a Markdown table and writes it (and JSON) with ``--out``.
 
 Example::
@@ -35,15 +35,18 @@ def _point(text: str) -> tuple[int, int]:
     return int(batches), int(reservoir or 256)
 
 
-def _perplexities(module, data: dict, batch: int) -> tuple[float, float]:
-    wiki, pydoc = data["wiki"], data["pydoc"]
+SPLITS = ("wiki", "pydoc", "news")
+
+
+def _perplexities(module, data: dict, batch: int) -> tuple[float, ...]:
+    chunks = [data[s] for s in SPLITS]
     with torch.inference_mode():
-        sums = chunk_nll(module, torch.cat([wiki, pydoc]), batch)
-    per = wiki.shape[1] - 1
-    return (
-        math.exp(float(sums[: len(wiki)].sum()) / (len(wiki) * per)),
-        math.exp(float(sums[len(wiki) :].sum()) / (len(pydoc) * per)),
-    )
+        sums = chunk_nll(module, torch.cat(chunks), batch)
+    per, out, start = chunks[0].shape[1] - 1, [], 0
+    for c in chunks:
+        out.append(math.exp(float(sums[start : start + len(c)].sum()) / (len(c) * per)))
+        start += len(c)
+    return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,25 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         qp = quantize(spec.program, config, calibration=spec.calibration[:batches], progress=False)
         quantize_s = time.perf_counter() - start
-        wiki, pydoc = _perplexities(qp.module(), data, task.ppl_batch)
-        rows.append({"batches": batches, "tokens": batches * task.seq_len, "reservoir": reservoir,
-                     "ppl_wiki": wiki, "ppl_pydoc": pydoc, "quantize_s": quantize_s,
+        ppl = dict(zip((f"ppl_{s}" for s in SPLITS), _perplexities(qp.module(), data, task.ppl_batch)))
+        rows.append({"batches": batches, "tokens": batches * task.seq_len, "reservoir": reservoir, **ppl,
+                     "quantize_s": quantize_s,
                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})  # fmt: skip
         log.info("%s", rows[-1])
         del qp
     lines = [
-        f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity {float_ppl[0]:.2f} (wiki) / "
-        f"{float_ppl[1]:.2f} (pydoc); {task.seq_len}-token calibration sequences; one run per point.",
+        f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity "
+        + " / ".join(f"{v:.2f} ({s})" for s, v in zip(SPLITS, float_ppl))
+        + f"; {task.seq_len}-token calibration sequences (Wikipedia); one run per point.",
         "",
-        "| batches | tokens | reservoir per linear | ppl_wiki (x float) | ppl_pydoc (x float) | quantize s "
-        "| peak RSS GB |",
-        "|---|---|---|---|---|---|---|",
+        "| batches | tokens | reservoir per linear | "
+        + " | ".join(f"ppl_{s} (x float)" for s in SPLITS)
+        + " | quantize s | peak RSS GB |",
+        "|---|---|---|" + "---|" * len(SPLITS) + "---|---|",
     ]
     for r in rows:
+        ppl = " | ".join(f"{r[f'ppl_{s}']:.2f} ({r[f'ppl_{s}'] / f:.3f})" for s, f in zip(SPLITS, float_ppl))
         lines.append(
-            f"| {r['batches']} | {r['tokens']} | {r['reservoir']} | {r['ppl_wiki']:.2f} "
-            f"({r['ppl_wiki'] / float_ppl[0]:.3f}) | {r['ppl_pydoc']:.2f} ({r['ppl_pydoc'] / float_ppl[1]:.3f}) | "
-            f"{r['quantize_s']:.0f} | {r['peak_rss_gb']:.1f} |"
+            f"| {r['batches']} | {r['tokens']} | {r['reservoir']} | {ppl} | {r['quantize_s']:.0f} "
+            f"| {r['peak_rss_gb']:.1f} |"
         )
     table = "\n".join(lines)
     print(table)
