@@ -4,7 +4,8 @@ reservoir of tokens per linear that MDQFO and GPTQ see.
 Each point quantizes the suite's program with one suite method (``--method``, its knobs unchanged except the
 reservoir) on the first ``batches`` calibration sequences of the suite's calibration split, then scores the suite's
 wiki, pydoc and news chunks (pydoc and news: text the calibration never drew from). Perplexity only: the
-multiple-choice questions would triple the time per point. Prints a Markdown table and writes it (and JSON) with ``--out``.
+multiple-choice questions would triple the time per point. Prints a Markdown table, written (with JSON) by
+``--out``.
 
 Example::
 
