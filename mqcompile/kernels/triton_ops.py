@@ -21,6 +21,28 @@ from .triton_kernels import GemmConfig, kernels
 __all__ = ["quantize_act_triton", "quantize_act_asym_triton", "qlinear_triton", "qlinear_launch"]
 
 
+def _launch_quantize(kernel, x, clip, modality_ids, bits, shift, extra_outputs: int) -> list[torch.Tensor]:
+    """One program per token row of ``kernel`` (either quantize kernel: the same tables, then its outputs): codes
+    ``[..., K]`` int8, scales ``[..., 1]`` fp32, and ``extra_outputs`` int32 ``[..., 1]`` rows (zero points)."""
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    x2 = x.reshape(rows, k).contiguous()
+    q = torch.empty((rows, k), dtype=torch.int8, device=x.device)
+    per_row = [torch.empty((rows, 1), dtype=torch.float32, device=x.device)]
+    per_row += [torch.empty((rows, 1), dtype=torch.int32, device=x.device) for _ in range(extra_outputs)]
+    clip32 = clip.float().contiguous()
+    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else clip32
+    sh = shift.float().contiguous() if shift is not None else clip32
+    block = min(1024, max(16, 1 << (k - 1).bit_length()))
+    if rows:
+        wrap_triton(kernel)[(rows,)](
+            x2, clip32, ids, sh, q, *per_row, k, (1 << (bits - 1)) - 1, modality_ids is not None, shift is not None,
+            block,
+        )  # fmt: skip
+    lead = (*x.shape[:-1], 1)
+    return [q.reshape(x.shape), *(t.reshape(lead) for t in per_row)]
+
+
 @triton_op("mqcompile::quantize_act_triton", mutates_args=())
 def quantize_act_triton(
     x: torch.Tensor,
@@ -29,20 +51,8 @@ def quantize_act_triton(
     bits: int,
     shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    k = x.shape[-1]
-    rows = x.numel() // k if k else 0
-    x2 = x.reshape(rows, k).contiguous()
-    q = torch.empty((rows, k), dtype=torch.int8, device=x.device)
-    s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-    clip32 = clip.float().contiguous()
-    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else clip32
-    sh = shift.float().contiguous() if shift is not None else clip32
-    block = min(1024, max(16, 1 << (k - 1).bit_length()))
-    if rows:
-        wrap_triton(kernels().quantize_act)[(rows,)](
-            x2, clip32, ids, sh, q, s, k, (1 << (bits - 1)) - 1, modality_ids is not None, shift is not None, block
-        )
-    return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
+    q, s = _launch_quantize(kernels().quantize_act, x, clip, modality_ids, bits, shift, 0)
+    return q, s
 
 
 @triton_op("mqcompile::quantize_act_asym_triton", mutates_args=())
@@ -53,22 +63,8 @@ def quantize_act_asym_triton(
     bits: int,
     shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    k = x.shape[-1]
-    rows = x.numel() // k if k else 0
-    x2 = x.reshape(rows, k).contiguous()
-    q = torch.empty((rows, k), dtype=torch.int8, device=x.device)
-    s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-    z = torch.empty((rows, 1), dtype=torch.int32, device=x.device)
-    clip32 = clip.float().contiguous()
-    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else clip32
-    sh = shift.float().contiguous() if shift is not None else clip32
-    block = min(1024, max(16, 1 << (k - 1).bit_length()))
-    if rows:
-        wrap_triton(kernels().quantize_act_asym)[(rows,)](
-            x2, clip32, ids, sh, q, s, z, k, (1 << (bits - 1)) - 1, modality_ids is not None, shift is not None, block
-        )
-    lead = (*x.shape[:-1], 1)
-    return q.reshape(x.shape), s.reshape(lead), z.reshape(lead)
+    q, s, z = _launch_quantize(kernels().quantize_act_asym, x, clip, modality_ids, bits, shift, 1)
+    return q, s, z
 
 
 @triton_op("mqcompile::qlinear_triton", mutates_args=())
