@@ -152,12 +152,12 @@ def _new_transforms(blocks: _Blocks, tuned: list[fx.Node]) -> list[list[fx.Node]
         k2 = q.rotation.shape[0]
         k1 = q.weight.shape[1] // k2
         factors = (torch.eye(k1).requires_grad_(True) if k1 > 1 else None, torch.eye(k2).requires_grad_(True))
-        for n in nodes:
-            blocks.quant[n].transform = factors
+        _set_transform(blocks, nodes, factors)
     return list(groups.values())
 
 
 def _set_transform(blocks: _Blocks, nodes: list[fx.Node], factors) -> None:
+    """One factor pair (or None) shared by every linear of ``nodes``: they read the same input."""
     for n in nodes:
         blocks.quant[n].transform = factors
 
