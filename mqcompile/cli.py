@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     qz.add_argument(
         "source",
-        help="a .pt2 from torch.export.save, or a checkpoint directory (Qwen2.5-Omni thinker, Qwen2 causal LM, DINOv2)",
+        help="a .pt2 from torch.export.save, a checkpoint directory (Qwen2.5-Omni thinker, Qwen2 causal LM, Whisper, "
+        "DINOv2), or mini-omni (the suite's omni model, from the eval extra's weights)",
     )
     qz.add_argument("output", help="the QuantizedProgram .pt2 to write")
     qz.add_argument(

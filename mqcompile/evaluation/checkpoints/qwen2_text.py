@@ -90,8 +90,9 @@ def _convert_gguf(dest: Path) -> None:
         del model.config.quantization_config
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with quiet_loading():  # transformers' shard-writing bar
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     try:
         os.replace(tmp, dest)
     except OSError:  # a concurrent conversion finished first (dest is a non-empty folder)

@@ -448,7 +448,8 @@ def load_whisper_base(dtype: torch.dtype = torch.float32):
         start = time.perf_counter()
         model_bin, tokenizer_json = _asset_files()
         model = whisper_from_ct2(read_ct2(model_bin), tokenizer_json, dtype=torch.float16)
-        model.save_pretrained(root)
+        with quiet_loading():  # transformers' shard-writing bar
+            model.save_pretrained(root)
         fixed = _repaired_tokenizer_json(_tokenizer_dict(tokenizer_json))
         (root / "tokenizer.json").write_text(json.dumps(fixed, ensure_ascii=False), encoding="utf-8")
         stamp.write_text(json.dumps(want))

@@ -15,6 +15,8 @@ What it provides and guarantees, and which submodule holds it:
   graph placeholders are named after them; the modality sources are ``input_ids``, ``pixel_values``,
   ``pixel_values_videos`` and ``input_features``. Also :func:`check_sample`, :func:`reference_inputs` and
   :func:`tower_sample`.
+* :mod:`.processing`: :func:`real_sample`, a sample of real content (text ids, an RGB image through the Qwen2-VL
+  image processor, a waveform through Whisper's feature extractor with the thinker's mel bins).
 * :mod:`.forward`: the adapter modules (:class:`ThinkerForExport`, :class:`VisionTowerForExport`,
   :class:`AudioTowerForExport`) that compose the forward from the real submodules (patch embed, linears, norms, MLPs,
   merger, convs, decoder layers, lm_head); no transformers class is patched.
@@ -50,6 +52,7 @@ from .model import (
     thinker_parts,
     tiny_thinker_config,
 )
+from .processing import real_sample
 from .sample import check_sample, make_sample, reference_inputs, tower_sample
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "thinker_parts",
     "modality_token_ids",
     "make_sample",
+    "real_sample",
     "check_sample",
     "reference_inputs",
     "tower_sample",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,9 @@ def make_sample(
     video: bool = False,
     video_grid: tuple[int, int, int] = (2, 4, 6),
     seed: int = 0,
+    text_ids: Sequence[int] | None = None,
+    pixel_values: torch.Tensor | None = None,
+    input_features: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """A multimodal sample (batch 1) for ``model``, laid out like the Qwen2.5-Omni processor output.
 
@@ -138,6 +141,10 @@ def make_sample(
     ``<audio_bos> <AUDIO>*M <audio_eos>`` with ``M`` from the audio tower's conv + pool length formula,
     optionally ``<vision_bos> <VIDEO>*K <vision_eos>``, then the other text tokens. ``image_grid=None`` or
     ``audio_frames=None`` leaves that modality out.
+
+    Random content by default; real content where given (:func:`real_sample` builds it): ``text_ids`` (replaces the
+    ``text_tokens`` random ids), ``pixel_values`` (``(t*h*w, patch_dim)`` patches of ``image_grid``, as the image
+    processor lays them out) and ``input_features`` (``(n_mels, frames)``; sets ``audio_frames``).
 
     Keys (the keyword arguments of :class:`ThinkerForExport`, i.e. the exported program's placeholder names):
 
@@ -165,7 +172,12 @@ def make_sample(
     specials = set(ids.values())
     allowed = torch.tensor([i for i in range(int(tcfg.vocab_size)) if i not in specials])
     text = allowed[torch.randint(len(allowed), (text_tokens,), generator=generator)].tolist()
-    head, tail = text[: text_tokens // 2], text[text_tokens // 2 :]
+    if text_ids is not None:
+        text = [int(i) for i in text_ids]
+        bad = [i for i in text if i in specials or not 0 <= i < int(tcfg.vocab_size)]
+        if bad:
+            raise CalibrationError(f"text_ids hold special or out-of-vocabulary ids {bad[:5]}")
+    head, tail = text[: len(text) // 2], text[len(text) // 2 :]
 
     sample: dict[str, torch.Tensor] = {}
     tokens = list(head)
@@ -175,17 +187,32 @@ def make_sample(
         n = t * h * w // merge**2
         tokens += [ids["vision_start"]] + [ids["image"]] * n + [ids["vision_end"]]
         sample["pixel_values"] = torch.randn(t * h * w, patch_dim, generator=generator)
+        if pixel_values is not None:
+            if tuple(pixel_values.shape) != (t * h * w, patch_dim):
+                raise CalibrationError(
+                    f"pixel_values is {tuple(pixel_values.shape)}; image_grid {(t, h, w)} takes "
+                    f"{(t * h * w, patch_dim)}"
+                )
+            sample["pixel_values"] = pixel_values.float().contiguous()
         for key, value in _vision_indices(
             [(t, h, w)], merge=merge, window_size=int(vcfg.window_size), patch_size=int(vcfg.patch_size)
         ).items():
             sample[f"image_{key}"] = value
         image_grid_thw = torch.tensor([[t, h, w]])
+    if input_features is not None:
+        if input_features.dim() != 2 or input_features.shape[0] != int(acfg.num_mel_bins):
+            raise CalibrationError(
+                f"input_features is {tuple(input_features.shape)}; the audio tower takes ({acfg.num_mel_bins}, frames)"
+            )
+        audio_frames = int(input_features.shape[1])
     if audio_frames is not None:
         if audio_frames < 4:
             raise CalibrationError(f"audio_frames must be >= 4 (one pooled audio token), got {audio_frames}")
         m = _audio_after_cnn(audio_frames)[1]
         tokens += [ids["audio_start"]] + [ids["audio"]] * m + [ids["audio_end"]]
         sample["input_features"] = torch.randn(int(acfg.num_mel_bins), audio_frames, generator=generator)
+        if input_features is not None:
+            sample["input_features"] = input_features.float().contiguous()
         for key, value in _audio_indices([audio_frames], n_window=int(acfg.n_window)).items():
             sample[f"audio_{key}"] = value
         feature_lens = torch.tensor([audio_frames])
