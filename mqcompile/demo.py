@@ -10,13 +10,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .api import quantize
-from .config import MODALITIES, QuantConfig
-from .graph.linears import token_modality_ids
-from .metrics import cosine, sqnr_db
+from .config import QuantConfig
+from .fidelity import output_fidelity
 from .program import QuantizedProgram
 
 __all__ = ["DemoResult", "run_demo", "format_tables", "run_omni_demo", "format_omni_examples"]
@@ -53,16 +51,7 @@ def run_demo(out_dir: str, scheme: str = "w4a4", seed: int = 0, progress: bool =
     qp = quantize(ep, QuantConfig(default=scheme, modality_token_ids=token_ids), progress=progress)
     steps.update()
     steps.set_postfix_str("evaluate + save")
-    with torch.no_grad():
-        ref = ep.module()(**sample)
-        test = qp.module()(**sample)
-    mods = token_modality_ids(sample["input_ids"], token_ids)
-    fidelity = {}
-    for index, name in enumerate(MODALITIES):
-        mask = mods == index
-        if mask.any():
-            a, b = ref[mask], test[mask]
-            fidelity[name] = {"tokens": int(mask.sum()), "cosine": cosine(a, b), "sqnr_db": sqnr_db(a, b)}
+    fidelity = output_fidelity(ep.module(), qp.module(), [sample], token_ids)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"tiny_thinker_{scheme}.pt2")
     qp.save(path)
@@ -75,7 +64,7 @@ def format_tables(result: DemoResult) -> str:
     lines = ["Linears by modality path", result.program.summary(), "", "Logit fidelity vs float, by token modality"]
     lines.append(f"{'tokens':<10}{'count':>6}{'cosine':>10}{'SQNR dB':>10}")
     for name, f in result.fidelity.items():
-        lines.append(f"{name:<10}{f['tokens']:>6}{f['cosine']:>10.4f}{f['sqnr_db']:>10.2f}")
+        lines.append(f"{name:<10}{f['rows']:>6}{f['cosine']:>10.4f}{f['sqnr_db']:>10.2f}")
     lines += ["", f"saved: {result.path}"]
     return "\n".join(lines)
 

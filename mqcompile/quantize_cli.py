@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
 from . import recipes
 from .api import quantize
-from .config import MODALITIES, PATHS, QuantConfig
+from .config import PATHS, QuantConfig
 from .errors import CalibrationError, ConfigError
-from .graph.linears import token_modality_ids
-from .inputs import as_batch
-from .metrics import cosine, sqnr_db
+from .fidelity import output_fidelity
 
 __all__ = ["quantize_source", "format_result", "load_calibration", "build_config"]
 
@@ -86,40 +83,6 @@ def load_calibration(path: str, samples: int | None) -> list:
     return data[:samples] if samples else data
 
 
-def _first_tensor(output) -> torch.Tensor:
-    leaves = [x for x in pytree.tree_leaves(output) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    if not leaves:
-        raise CalibrationError("the program's output holds no floating tensor to compare")
-    return leaves[0]
-
-
-def _fidelity(float_module, quant_module, batches: list, token_ids: dict) -> dict[str, dict[str, float]]:
-    """Cosine and SQNR of the first floating output, float vs quantized, by token modality (when the output has one
-    row per input token and token ids mark modalities) else over all of it."""
-    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for batch in batches:
-        args, kwargs = as_batch(batch)
-        with torch.no_grad():
-            ref = _first_tensor(float_module(*args, **kwargs)).float()
-            test = _first_tensor(quant_module(*args, **kwargs)).float()
-        ids = kwargs.get("input_ids")
-        if token_ids and isinstance(ids, torch.Tensor) and tuple(ref.shape[: ids.dim()]) == tuple(ids.shape):
-            mods = token_modality_ids(ids, token_ids)
-            for index, name in enumerate(MODALITIES):
-                mask = mods == index
-                if mask.any():
-                    groups.setdefault(name, []).append((ref[mask], test[mask]))
-        else:
-            width = ref.shape[-1] if ref.dim() else 1
-            groups.setdefault("all", []).append((ref.reshape(-1, width), test.reshape(-1, width)))
-    out = {}
-    for name, pairs in groups.items():
-        a, b = torch.cat([p[0].flatten() for p in pairs]), torch.cat([p[1].flatten() for p in pairs])
-        rows = sum(len(p[0]) for p in pairs)
-        out[name] = {"rows": rows, "cosine": cosine(a, b), "sqnr_db": sqnr_db(a, b)}
-    return out
-
-
 def quantize_source(
     source: str,
     out: str,
@@ -160,7 +123,7 @@ def quantize_source(
     quantized = time.perf_counter()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     qp.save(out)
-    fidelity = _fidelity(src.program.module(), qp.module(), src.held_out, dict(config.modality_token_ids))
+    fidelity = output_fidelity(src.program.module(), qp.module(), src.held_out, dict(config.modality_token_ids))
     report_path = None
     if report is not None:
         if not src.held_out:
