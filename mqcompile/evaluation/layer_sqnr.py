@@ -15,7 +15,16 @@ from ..metrics import sqnr_db
 from ..passes import PassContext
 from ..pipeline import run_pipeline
 
-__all__ = ["layer_sqnr", "by_modality"]
+__all__ = ["layer_sqnr", "by_modality", "tagged_reference"]
+
+
+def tagged_reference(float_ep: ExportedProgram, config: QuantConfig | None = None) -> ExportedProgram:
+    """A copy of the float program with every linear named and tagged as ``quantize`` names them (the analysis
+    passes only), so that its linears can be matched to the quantized program's by name."""
+    ref_ep, _ = run_pipeline(
+        copy_program(float_ep), PassContext(config or QuantConfig()), progress=False, until="tag_modality"
+    )
+    return ref_ep
 
 
 def layer_sqnr(
@@ -24,14 +33,15 @@ def layer_sqnr(
     batch: dict,
     config: QuantConfig | None = None,
     token_groups: Mapping[str, torch.Tensor] | None = None,
+    reference: ExportedProgram | None = None,
 ) -> dict[str, tuple[str, float]]:
     """``{linear name: (modality path, SQNR dB)}`` on one batch: each linear's output in the quantized program vs
     the same linear's output in the float program (errors of earlier layers included, as deployed).
 
     ``token_groups`` (name -> bool mask over the batch's tokens): a linear whose output rows have the mask's shape
-    also gets ``{"<name>@<group>": ("<path>/<group>", SQNR of those rows)}`` (a group with no tokens is left out)."""
-    ref_ep = copy_program(float_ep)
-    ref_ep, _ = run_pipeline(ref_ep, PassContext(config or QuantConfig()), progress=False, until="tag_modality")
+    also gets ``{"<name>@<group>": ("<path>/<group>", SQNR of those rows)}`` (a group with no tokens is left out).
+    ``reference``: :func:`tagged_reference` of ``float_ep`` made once for many batches (else made here)."""
+    ref_ep = reference if reference is not None else tagged_reference(float_ep, config)
     ref: dict[str, torch.Tensor] = {}
     run_observed(ref_ep, (), batch, meta.is_linear_output, lambda n, a, out: ref.__setitem__(meta.get(n)["name"], out))
     result: dict[str, tuple[str, float]] = {}

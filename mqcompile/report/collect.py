@@ -16,12 +16,9 @@ from torch.export import ExportedProgram
 
 from ..config import MODALITIES
 from ..graph import meta
-from ..graph.export import copy_program
 from ..graph.interpret import run_observed
 from ..graph.linears import token_modality_ids
 from ..inputs import as_batch
-from ..passes import PassContext
-from ..pipeline import run_pipeline
 
 __all__ = ["ReportData", "collect"]
 
@@ -66,9 +63,10 @@ def collect(
 ) -> ReportData:
     """Measure the report's data on ``batches`` (kwargs dicts or ``(args, kwargs)``). ``linears``: names whose
     activations to show; default the ``per_path`` worst (lowest SQNR) of each modality path."""
-    from ..evaluation.layer_sqnr import layer_sqnr
+    from ..evaluation.layer_sqnr import layer_sqnr, tagged_reference
 
     config = qp.config
+    reference = tagged_reference(float_ep, config)  # once: the analysis passes cost a copy of the program
     token_ids = dict(config.modality_token_ids)
     data = ReportData(summary=qp.summary(), recipe=config.recipe)
     per_layer: dict[str, list] = {}
@@ -79,7 +77,7 @@ def collect(
         if token_ids and isinstance(ids, torch.Tensor):
             mods = token_modality_ids(ids, token_ids)
             groups = {name: mods == i for i, name in enumerate(MODALITIES) if (mods == i).any()}
-        for name, (path, value) in layer_sqnr(float_ep, qp.exported_program, kwargs, config, groups).items():
+        for name, (path, value) in layer_sqnr(float_ep, qp.exported_program, kwargs, config, groups, reference).items():
             per_layer.setdefault(name, [path, []])[1].append(value)
     order = [r.name for r in qp.linears()]
     mean = {name: sum(v) / len(v) for name, (_, v) in per_layer.items()}
@@ -94,7 +92,7 @@ def collect(
         linears = []
         for path in sorted({p for _, _, p in finite}):
             linears += [n for _, n, p in sorted(x for x in finite if x[2] == path)[:per_path]]
-    data.morphology = _morphology(float_ep, qp, batches, list(linears), token_ids)
+    data.morphology = _morphology(reference, qp, batches, list(linears), token_ids)
     data.dabc = _dabc_moves(qp)
     data.mdqfo = dict(qp.report.get("mdqfo", {}).get("losses", {}))
     data.bytes = {k: int(qp.report.get(k, 0)) for k in ("bytes_before", "bytes_after", "bytes_rotation")}
@@ -106,10 +104,9 @@ def _is_quantize_act(node) -> bool:
     return node.op == "call_function" and node.target in quantizers
 
 
-def _morphology(float_ep, qp, batches, names: list[str], token_ids: dict) -> dict[str, dict]:
-    """Inputs of the chosen linears in the float program, and in the quantized program as ``quantize_act`` sees
-    them less the DABC shift of each token's modality (what is rounded to the int grid)."""
-    ref_ep, _ = run_pipeline(copy_program(float_ep), PassContext(qp.config), progress=False, until="tag_modality")
+def _morphology(ref_ep, qp, batches, names: list[str], token_ids: dict) -> dict[str, dict]:
+    """Inputs of the chosen linears in the (tagged) float program, and in the quantized program as ``quantize_act``
+    sees them less the DABC shift of each token's modality (what is rounded to the int grid)."""
     wanted = set(names)
     paths = {r.name: r.modality for r in qp.linears()}
     before: dict = {}
