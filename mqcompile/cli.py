@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             "w4a8",
             "w4a16",
             "w4a8int",
+            "w4a4int",
         ],  # backends.onnx.lower.VARIANTS (lazy import)
-        help="w4a16: ORT MatMulNBits; w4a8int: ORT integer GEMMs",
+        help="w4a16: ORT MatMulNBits; w4a8int: ORT integer GEMMs on per-tensor activations; w4a4int: the program's "
+        "own numerics (bit for bit) on ORT's u8s8 integer GEMMs",
     )
     onx.add_argument("--opset", type=int, default=21)
     onx.add_argument("--no-check", action="store_true", help="skip the checker and the ONNX Runtime parity run")

@@ -4,8 +4,9 @@ python tools/bench_onnx.py                 # tiny Qwen2.5-Omni towers, plus DINO
 python tools/bench_onnx.py --tiny-only     # only the tiny towers (seconds)
 python tools/bench_onnx.py --threads 2 --reps 10 --out docs/onnx_bench.md
 
-Every program is quantized W4A4 round-to-nearest (``mqcompile.quantize`` defaults) and exported five ways: float
-(``export_float_onnx`` of the unquantized program), ``w4a4``, ``w4a8``, ``w4a16`` and ``w4a8int`` (``export_onnx``).
+Every program is quantized W4A4 round-to-nearest (``mqcompile.quantize`` defaults) and exported six ways: float
+(``export_float_onnx`` of the unquantized program), ``w4a4``, ``w4a8``, ``w4a16``, ``w4a8int`` and ``w4a4int``
+(``export_onnx``).
 Latency is the median of ``--reps`` runs after 2 warm-up runs, the variants of one model run in turn (round-robin, so
 load drift hits all alike), ``intra_op_num_threads=--threads``, default
 ORT options (``ORT_ENABLE_ALL``). The ORT-optimized graph is written once per file to count what ORT actually runs
@@ -35,7 +36,7 @@ from mqcompile.evaluation.suite import cpu_name
 from mqcompile.metrics import cosine
 
 log = logging.getLogger("bench_onnx")
-VARIANTS = ("w4a4", "w4a8", "w4a16", "w4a8int")
+VARIANTS = ("w4a4", "w4a8", "w4a16", "w4a8int", "w4a4int")
 INT_GEMMS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
 
 
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(`ORT_ENABLE_ALL`), median of {args.reps} runs after 2 warm-up runs, a model's variants run in turn "
             "(round-robin, so load drift hits all alike). Programs quantized W4A4 "
             "round-to-nearest; `w4a8`/`w4a16`/`w4a8int` are the same quantized weights with INT8 per-token / no / "
-            "UINT8 per-tensor activations (`w4a8int` on integer GEMMs). "
+            "UINT8 per-tensor activations (`w4a8int` on integer GEMMs); `w4a4int` is the W4A4 program's own "
+            "arithmetic on ORT's u8s8 integer GEMMs (`MatMulInteger`, bit-exact per linear). "
             '"MatMulNBits" and "Q+DQ nodes run" count the nodes of ORT\'s optimized graph '
             "(`SessionOptions.optimized_model_filepath`). Cosines of the first output: ORT vs "
             "`QuantizedProgram.module()` (W4A4, torch), and ORT vs the float ONNX model in ORT. W4A4 round-to-nearest "

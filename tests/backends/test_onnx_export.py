@@ -474,3 +474,31 @@ def test_real_model_parity(model, tmp_path):
     assert w8.parity.cosine >= 0.999 and w8.parity.argmax_agreement >= 0.95, w8.parity
     assert self_cos < 1.0
     assert 1 - w4.parity.cosine <= 3 * (1 - self_cos), (w4.parity, self_cos)
+
+
+@pytest.mark.parametrize("scheme", ["w4a4", "w4a4asym", "w8a8"])
+@pytest.mark.parametrize("shape", [(1, 1, 40), (2, 33, 40), (513, 40)])
+def test_exact_integer_variant_equals_the_program_bit_for_bit(scheme, shape, tmp_path):
+    torch.manual_seed(0)
+    # two linears back to back: no float op between them whose ORT rounding could differ from torch's
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.Linear(24, 8)).eval()
+    x = torch.randn(*shape)
+    x[..., 5] += 6.0  # one large channel: asymmetric ranges, ties and saturation at the clip
+    ep = torch.export.export(model, (x,))
+    qp = mqcompile.quantize(ep, QuantConfig(default=scheme, keep_float=()), progress=False)
+    report = export_onnx(qp, tmp_path / "int.onnx", variant="w4a4int", check=False)
+    assert report.int4_initializers == (2 if scheme != "w8a8" else 0)  # the file keeps 4-bit weights
+    session = _session(report.path)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.array_equal(got, qp.module()(x).detach().numpy())
+    fused = ort_optimized_op_counts(report.path, tmp_path / "int.ort.onnx")
+    assert fused.get("MatMulInteger") == 2 and "DequantizeLinear" not in fused and "MatMul" not in fused
+
+
+def test_exact_integer_variant_keeps_routed_dabc_and_clips(toy_ep, toy_mq, tmp_path):
+    report = export_onnx(toy_mq, tmp_path / "mq_int.onnx", toy_inputs(2), variant="w4a4int")
+    assert report.parity.cosine > COSINE and report.qlinear == 4
+    assert ort_optimized_op_counts(report.path, tmp_path / "mq_int.ort.onnx").get("MatMulInteger") == 4
+    grouped = mqcompile.quantize(toy_ep[1], _config(weight_group_size=4), progress=False)
+    with pytest.raises(UnsupportedProgramError, match="variant 'w4a4int' needs one weight scale per output channel"):
+        export_onnx(grouped, tmp_path / "g.onnx", variant="w4a4int")

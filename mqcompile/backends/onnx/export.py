@@ -11,7 +11,7 @@ Variants (``variant=``): ``w4a4`` is the program as quantized; ``w4a8`` quantize
 fuses ``DequantizeLinear(int4) + MatMul`` into ``MatMulNBits``; ``w4a8int`` runs the linears on integers
 (``DynamicQuantizeLinear`` per-tensor UINT8 activations, ``MatMulInteger`` on the INT4 weights cast to INT8), which ONNX
 Runtime fuses into ``MatMulIntegerToFloat`` (docs/onnx.md: the variant that runs faster than float on ORT's CPU
-provider).
+provider); ``w4a4int`` keeps the program's per-token numerics exactly and runs them on ``MatMulInteger`` (u8s8).
 
 Example::
 
@@ -379,7 +379,8 @@ def export_onnx(
         opset: ONNX opset, at least 21 (INT4 Q/DQ).
         variant: ``w4a4`` (as quantized), ``w4a8`` (INT8 activation Q/DQ), ``w4a16`` (no activation Q/DQ; ONNX
             Runtime fuses the INT4 weights into MatMulNBits), ``w4a8int`` (integer MatMulInteger on per-tensor UINT8
-            activations; per-channel weights only).
+            activations; per-channel weights only), ``w4a4int`` (the program's own per-token codes offset into UINT8
+            on MatMulInteger: its outputs bit for bit; per-channel weights only).
         check: run ``onnx.checker.check_model(full_check=True)`` and :func:`parity` in ONNX Runtime (CPU).
 
     Returns:
@@ -389,7 +390,7 @@ def export_onnx(
         ConfigError: opset below 21, unknown variant, unwritable path.
         UnsupportedProgramError: an op without ONNX translation (named with its node), a program the exporter cannot
             express (dynamic shapes), example inputs outside the program's static shapes, grouped weights with
-            ``variant="w4a8int"``.
+            ``variant="w4a8int"`` or ``"w4a4int"``.
         CalibrationError: example inputs that do not match the program's input names.
     """
     start = time.perf_counter()

@@ -29,6 +29,21 @@ which ONNX Runtime fuses into ``MatMulIntegerToFloat`` on its u8s8 integer GEMMs
 when the session loads, so the file keeps INT4 weights). Per-token scales and the activation clip are not
 expressible there (``MatMulIntegerToFloat`` takes one activation scale per tensor), so this variant's numerics
 differ from the program's more than ``w4a8``'s; the DABC shift and compensation stay.
+
+``w4a4int`` keeps the program's own arithmetic (per-token scales, clips, DABC, asymmetric zero points) and runs the
+GEMM on ONNX Runtime's u8s8 integer kernels: the b-bit codes are offset into UINT8 (``o = 2^(b-1)``), which
+``MatMulInteger`` takes back off with its scalar zero point, so the int32 accumulators are the reference's::
+
+    u   = Clip(QuantizeLinear(x2, s, o [+ z], axis=0, output_dtype=UINT8), 0, 2^b - 1)  # = q + o
+    acc = MatMulInteger(u, Cast(L.qweight INT4 -> INT8), o)                              # = sum q w
+    acc = Sub(acc, Mul(z, L.w_colsum))                                                   # asymmetric only
+    y   = Mul(Mul(Cast(acc, FLOAT), s [T, 1]), L.w_scale [N])                            # the reference's order
+
+``QuantizeLinear`` to UINT8 with the zero point ``o + z`` saturates at 0 and 255 and ``Clip`` then at the b-bit range,
+which is ``sat(round(x / s) + z, -2^(b-1), 2^(b-1) - 1) + o``, the reference's codes offset by ``o``: outputs equal
+the torch program's bit for bit (tests). ``MatMulInteger`` has no per-row activation scale, so the per-token scales
+multiply its int32 output (three elementwise passes over ``[T, N]`` that ORT does not fuse); weights with groups
+are refused as in ``w4a8int``.
 """
 
 from __future__ import annotations
@@ -46,9 +61,9 @@ from .translate import DOMAIN, QLINEAR, QUANTIZE_ACT, QUANTIZE_ACT_ASYM, WLINEAR
 
 __all__ = ["VARIANTS", "LoweringStats", "lower_markers", "linear_name", "nbits_block"]
 
-VARIANTS: tuple[str, ...] = ("w4a4", "w4a8", "w4a16", "w4a8int")
+VARIANTS: tuple[str, ...] = ("w4a4", "w4a8", "w4a16", "w4a8int", "w4a4int")
 # variants without per-token activation Q/DQ in front of their MatMuls
-_NO_ACT_QDQ = ("w4a16", "w4a8int")
+_NO_ACT_QDQ = ("w4a16", "w4a8int", "w4a4int")
 _FLOAT = ir.DataType.FLOAT
 
 
@@ -314,6 +329,51 @@ class _Lowerer:
         scale = self.op(ql, name, "Mul", [w_scale, xs])
         return self.op(ql, name, "Mul", [self.op(ql, name, "Cast", [acc], to=_FLOAT), scale])
 
+    def offset_codes(self, qa: ir.Node, info: dict) -> None:
+        """``w4a4int``'s activation side, once per QuantizeAct: the codes offset into UINT8 (``info["u8"]``), the
+        offset as ``MatMulInteger``'s zero point and, when asymmetric, the int32 zero points for the correction."""
+        if info.get("u8") is not None:
+            return
+        name, bits = linear_name(qa), info["bits"]
+        p, offset = f"{name}/act", 1 << (bits - 1)
+        info["a_zp"] = self.init(f"{name}.act_offset", np.asarray(offset, np.uint8))
+        if info["zp"] is not None:  # o + z per token: z is INT4/INT8, so add in int32, then UINT8
+            info["z32"] = self.op(qa, p, "Cast", [info["zp"]], to=ir.DataType.INT32)
+            o32 = self.init(f"{name}.act_offset32", np.asarray(offset, np.int32))
+            zp = self.op(qa, p, "Cast", [self.op(qa, p, "Add", [info["z32"], o32])], to=ir.DataType.UINT8)
+        else:  # per-axis QuantizeLinear wants a zero point of the scales' shape
+            zp = self.op(qa, p, "Expand", [info["a_zp"], self.op(qa, p, "Shape", [info["scale"]])])
+        u8 = ir.DataType.UINT8
+        u = self.op(qa, p, "QuantizeLinear", [info["x2"], info["scale"], zp], axis=0, output_dtype=u8)
+        if bits < 8:
+            lo = self.init(f"{name}.act_umin", np.asarray(0, np.uint8))
+            u = self.op(qa, p, "Clip", [u, lo, self.init(f"{name}.act_umax", np.asarray((1 << bits) - 1, np.uint8))])
+        info["u8"] = u
+        self.stats.act_quant += 1
+
+    def exact_int_matmul(self, ql: ir.Node, qa: ir.Node, info: dict, bits: int, group: int, k: int) -> ir.Value:
+        """``w4a4int``: ``MatMulInteger`` u8s8 on the offset codes, the zero-point correction in int32, then the
+        per-token and per-channel scales in the reference's order (see the module doc)."""
+        name = linear_name(ql)
+        if group:
+            raise UnsupportedProgramError(
+                f"{name}: variant 'w4a4int' needs one weight scale per output channel (MatMulInteger has no per-block "
+                f"scales), but this linear's weights use groups of {group}; export variant='w4a4', or quantize with "
+                "weight_group_size=None"
+            )
+        self.offset_codes(qa, info)
+        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, k)
+        acc = self.op(ql, name, "MatMulInteger", [info["u8"], w, info["a_zp"]])
+        axis1 = self.init(f"{name}.axis1", self.ints([1]))
+        if info["zp"] is not None:
+            colsum = _const(_input(ql, "w_colsum"), "weight column sums", ql).astype(np.int32).reshape(1, -1)
+            z_col = self.op(ql, name, "Unsqueeze", [info["z32"], axis1])
+            correction = self.op(ql, name, "Mul", [z_col, self.init(f"{name}.w_colsum", colsum)])
+            acc = self.op(ql, name, "Sub", [acc, correction])
+        s_col = self.op(ql, name, "Unsqueeze", [info["scale"], axis1])
+        y = self.op(ql, name, "Mul", [self.op(ql, name, "Cast", [acc], to=_FLOAT), s_col])
+        return self.op(ql, name, "Mul", [y, w_scale])
+
     def lower_qlinear(self, ql: ir.Node) -> None:
         qa = _input(ql, "xq").producer() if _input(ql, "xq") is not None else None
         name = linear_name(ql)
@@ -332,6 +392,8 @@ class _Lowerer:
         info = self.lower_act(qa, k)
         if self.variant == "w4a8int":
             y = self.int_matmul(ql, name, info["x2"], bits, group, k)
+        elif self.variant == "w4a4int":
+            y = self.exact_int_matmul(ql, qa, info, bits, group, k)
         else:
             xd = self.dequantized_act(qa, info)
             wd = self.weight(ql, ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, group, k)
