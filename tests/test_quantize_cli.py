@@ -223,28 +223,9 @@ _WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>
 
 def _tiny_whisper_folder(folder, tokenizer: bool = True):
     """A tiny random Whisper (8 mel bins, 32 frames, 32 decoder positions) with a byte-level tokenizer."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from tests.tiny_models import tiny_whisper
 
-    config = WhisperConfig(
-        vocab_size=259,
-        num_mel_bins=8,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=16,
-        max_target_positions=32,
-        pad_token_id=256,
-        bos_token_id=256,
-        eos_token_id=256,
-        decoder_start_token_id=257,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        WhisperForConditionalGeneration(config).save_pretrained(folder)
+    tiny_whisper(vocab_size=259, end_id=256, start_id=257).save_pretrained(folder)
     if tokenizer:
         _byte_tokenizer(_WHISPER_SPECIALS).save_pretrained(folder)
     return folder

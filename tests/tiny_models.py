@@ -18,12 +18,13 @@ RECIPES = {
 }
 
 
-def tiny_whisper(seed: int = 0):
-    """A tiny random Whisper (float32, eval, eager): d_model 64, 2+2 layers, 32 mel frames, 96-token vocabulary."""
+def tiny_whisper(seed: int = 0, vocab_size: int = 96, end_id: int = 94, start_id: int = 95):
+    """A tiny random Whisper (float32, eval, eager): d_model 64, 2+2 layers, 32 mel frames, a 96-token vocabulary
+    (``end_id`` pads, begins and ends, ``start_id`` starts the decoder) unless told otherwise."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     config = WhisperConfig(
-        vocab_size=96,
+        vocab_size=vocab_size,
         num_mel_bins=8,
         d_model=64,
         encoder_layers=2,
@@ -34,10 +35,10 @@ def tiny_whisper(seed: int = 0):
         decoder_ffn_dim=128,
         max_source_positions=16,
         max_target_positions=32,
-        pad_token_id=94,
-        bos_token_id=94,
-        eos_token_id=94,
-        decoder_start_token_id=95,
+        pad_token_id=end_id,
+        bos_token_id=end_id,
+        eos_token_id=end_id,
+        decoder_start_token_id=start_id,
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
