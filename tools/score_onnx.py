@@ -1,14 +1,16 @@
 """What the exported ONNX programs score and how fast ONNX Runtime runs them (issue #18): suite metrics through ORT.
 
-python tools/score_onnx.py                                  # DINOv2-S/14: RTN+Rot and MorphoQuant+Rot, every variant
-python tools/score_onnx.py --methods W4A4-RTN+Rot --variants w4a4 w4a4int --out docs/onnx_score.md
+python tools/score_onnx.py                                  # DINOv2-S/14: RTN+Rot and MorphoQuant+Rot, four variants
+python tools/score_onnx.py --task whisper --methods W4A4-RTN+Rot --variants w4a4int --out docs/onnx_score_whisper.md
 
-For each suite method (``--methods``, names of ``mqcompile.evaluation.suite.METHODS``) the vision task's program is
-quantized as the suite does (its calibration images), exported as each ``--variant`` (plus the float program), and
-every file is scored by the vision task's own ``evaluate`` with an ONNX Runtime session standing in for the module
-(LFW probe accuracy and CLS cosine to the float torch program, 200 images at 112 px), next to the torch program's own
-score. Latency: median of ``--reps`` runs at the task's batch (8 x 112 px) after warm-up, every file of a method timed
-round-robin (``bench_onnx.latencies_ms``), as a ratio to the float ONNX model timed in the same run.
+For each suite method (``--methods``, names of ``mqcompile.evaluation.suite.METHODS``) the task's programs are
+quantized as the suite does (its calibration data); the one ONNX serves (DINOv2: the ViT; Whisper: the encoder) is
+exported as each ``--variant`` (plus its float program), and every file is scored by the task's own ``evaluate`` with
+an ONNX Runtime session standing in for that module (DINOv2: LFW probe accuracy and CLS cosine to the float torch
+program, 200 images at 112 px; Whisper: WER on the suite's voice and on the harder set, the decoder the method's
+quantized torch program), next to the torch programs' own score. Latency: median of ``--reps`` runs at the task's
+probe batch (DINOv2: 8 x 112 px; Whisper: one 30 s clip) after warm-up, every file of a method timed round-robin
+(``bench_onnx.latencies_ms``), as the float ONNX model's latency over the file's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,10 +32,24 @@ from bench_onnx import latencies_ms
 import mqcompile
 from mqcompile.backends.onnx.export import export_float_onnx, export_onnx, ort_optimized_op_counts
 from mqcompile.evaluation.suite import METHODS, cpu_name, method_config
-from mqcompile.evaluation.vision import VisionTask
 
 log = logging.getLogger("score_onnx")
 INT_GEMMS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
+# task -> (what it is, the program ONNX serves, its metrics)
+TASKS = {
+    "dinov2": ("DINOv2-S/14", "vit", ("probe_acc", "cls_cosine")),
+    "whisper": ("the Whisper-base encoder", "encoder", ("wer", "wer_hard")),
+}
+
+
+def _task(name: str):
+    if name == "dinov2":
+        from mqcompile.evaluation.vision import VisionTask
+
+        return VisionTask()
+    from mqcompile.evaluation.speech import SpeechTask
+
+    return SpeechTask()
 
 
 class OrtModule:
@@ -50,21 +66,28 @@ class OrtModule:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def score_method(task: VisionTask, method: str, variants, workdir: Path, threads: int, reps: int) -> list[dict]:
-    spec = task.programs()["vit"]
+def score_method(
+    task, key: str, method: str, variants, workdir: Path, threads: int, reps: int, score: bool = True
+) -> list[dict]:
+    specs = task.programs()
     start = time.perf_counter()
-    qp = mqcompile.quantize(spec.program, method_config(spec, METHODS[method]), spec.calibration, progress=False)
+    quantized = {
+        name: mqcompile.quantize(spec.program, method_config(spec, METHODS[method]), spec.calibration, progress=False)
+        for name, spec in specs.items()
+    }
     log.info("%s: quantized in %.0f s", method, time.perf_counter() - start)
-    torch_metrics = task.evaluate({"vit": qp.module()})
+    torch_metrics = task.evaluate({name: qp.module() for name, qp in quantized.items()}) if score else None
+    spec, qp = specs[key], quantized[key]
     files = [("float", workdir / f"{method}_float.onnx")]
     export_float_onnx(spec.program, files[0][1], spec.probe)
     for variant in variants:
         files.append((variant, workdir / f"{method}_{variant}.onnx"))
         export_onnx(qp, files[-1][1], spec.probe, variant=variant, check=False)
     timed = latencies_ms([f[1] for f in files], spec.probe, threads, reps)
+    others = {name: q.module() for name, q in quantized.items() if name != key}
     rows = []
     for (variant, path), (ms, _) in zip(files, timed, strict=True):
-        metrics = task.evaluate({"vit": OrtModule(path, threads)})
+        metrics = task.evaluate({**others, key: OrtModule(path, threads)}) if score else None
         ops = ort_optimized_op_counts(path, workdir / f"{path.stem}.ort.onnx")
         rows.append(
             {
@@ -76,32 +99,43 @@ def score_method(task: VisionTask, method: str, variants, workdir: Path, threads
                 "nbits": ops.get("MatMulNBits", 0),
                 "ort": metrics,
                 "torch": torch_metrics if variant != "float" else None,
+                "scored": score,
             }
         )
         log.info("%s %s: %.1f ms, %s", method, variant, ms, metrics)
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def _fmt(name: str, value: float) -> str:
+    return f"{value:.4f}" if "cosine" in name else f"{value:.2f}"
+
+
+def table(rows: list[dict], metrics: tuple[str, ...]) -> str:
+    names = " / ".join(metrics)
     lines = [
-        "| method | ONNX | latency ms | speed vs float ONNX | integer GEMMs | MatMulNBits | probe % (ORT) "
-        "| CLS cosine (ORT) | probe % / cosine of the torch program |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | ONNX | latency ms | speed vs float ONNX | integer GEMMs | MatMulNBits "
+        + "".join(f"| {m} (ORT) " for m in metrics)
+        + f"| {names} of the torch programs |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(metrics) + "---:|",
     ]
     for r in rows:
-        t = "-" if r["torch"] is None else f"{r['torch']['probe_acc']:.1f} / {r['torch']['cls_cosine']:.4f}"
+        t = "-" if r["torch"] is None else " / ".join(_fmt(m, r["torch"][m]) for m in metrics)
+        ort_metrics = r["ort"] or {}
         lines.append(
             f"| {r['method']} | {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f}x | {r['int_gemms']} | {r['nbits']} "
-            f"| {r['ort']['probe_acc']:.1f} | {r['ort']['cls_cosine']:.4f} | {t} |"
+            + "".join(f"| {_fmt(m, ort_metrics[m]) if m in ort_metrics else 'not scored'} " for m in metrics)
+            + f"| {t} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="dinov2", choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=["W4A4-RTN+Rot", "W4A4-MorphoQuant+Rot"], choices=list(METHODS))
     parser.add_argument("--variants", nargs="+", default=["w4a4", "w4a16", "w4a8int", "w4a4int"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-only", action="store_true", help="time the files, do not score them")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--out", default=None, help="write the table here (Markdown)")
     args = parser.parse_args(argv)
@@ -109,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("torch", "onnxscript", "onnx_ir", "mqcompile"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     start = time.perf_counter()
-    task = VisionTask()
+    what, key, metrics = TASKS[args.task]
+    task = _task(args.task)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            rows += score_method(task, method, args.variants, Path(tmp), args.threads, args.reps)
-    text = table(rows)
+            rows += score_method(
+                task, key, method, args.variants, Path(tmp), args.threads, args.reps, not args.latency_only
+            )
+    text = table(rows, metrics)
     print(text)
     if args.out:
         machine = (
@@ -125,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(
             "\n".join(
                 [
-                    "# DINOv2-S/14 through ONNX Runtime: speed and what it scores",
+                    f"# {what} through ONNX Runtime: speed and what it scores",
                     "",
                     f"Generated by `{command}` on {datetime.date.today().isoformat()} in "
                     f"{time.perf_counter() - start:.0f} s, one run. Machine: {machine}.",
