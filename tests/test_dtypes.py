@@ -16,22 +16,10 @@ RECIPES = {
 
 
 def _tiny_lm(dtype):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from mqcompile.models.qwen2_text import export_causal_lm
+    from tests.tiny_models import tiny_qwen2
 
-    config = Qwen2Config(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config).eval().to(dtype)
+    model = tiny_qwen2().to(dtype)
     ids = torch.arange(32).reshape(2, 16) % 256
     return export_causal_lm(model, ids, torch.ones_like(ids))
 

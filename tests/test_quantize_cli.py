@@ -150,23 +150,11 @@ def _byte_tokenizer(specials: tuple[str, ...] = ()):
 
 def _tiny_qwen2_folder(folder):
     """A tiny random Qwen2 causal LM with a byte-level tokenizer of its own."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from tests.tiny_models import tiny_qwen2
 
     tokenizer = _byte_tokenizer()
     tokenizer.save_pretrained(folder)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        Qwen2ForCausalLM(config).save_pretrained(folder)
+    tiny_qwen2(vocab_size=len(tokenizer)).save_pretrained(folder)
 
 
 @pytest.mark.assets  # the builtin calibration reads the eval extra's Wikipedia dump

@@ -78,3 +78,22 @@ def tiny_gpt2(seed: int = 0):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
     return model.eval()
+
+
+def tiny_qwen2(vocab_size: int = 256, seed: int = 0):
+    """A tiny random Qwen2 causal LM (float32, eval): hidden 64, 2 layers, 4 heads / 2 KV heads, tied embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config).eval()
