@@ -91,6 +91,12 @@ METHODS: dict[str, Mapping[str, Any] | None] = {
         "default": "w4a4",
         "algorithms": recipes.MORPHOQUANT + _ROT + (recipes.BlockMDQFO(steps=10),),
     },
+    # the same with Hadamard blocks of at most 64 (a quarter of the online rotation's cost: issue #18's ORT profile)
+    "W4A4-MorphoQuant+Rot64": {"default": "w4a4", "algorithms": recipes.MORPHOQUANT + (recipes.Rotate(max_block=64),)},
+    "W4A4-MorphoQuant+Rot64+Block": {
+        "default": "w4a4",
+        "algorithms": recipes.MORPHOQUANT + (recipes.Rotate(max_block=64), recipes.BlockMDQFO(steps=10)),
+    },
     # and with a learned Kronecker-factored online transform per input on top of the Hadamard (issue #16 item 1)
     "W4A4-MorphoQuant+Rot+Block+LT": {
         "default": "w4a4",
