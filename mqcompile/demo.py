@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class DemoResult:
     program: QuantizedProgram
     path: str
-    fidelity: dict[str, dict[str, float]]  # token modality -> {"tokens", "cosine", "sqnr_db"}
+    fidelity: dict[str, dict[str, float]]  # token modality -> {"rows", "cosine", "sqnr_db"}
 
 
 def run_demo(out_dir: str, scheme: str = "w4a4", seed: int = 0, progress: bool = True) -> DemoResult:
