@@ -27,14 +27,13 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from bench_onnx import latencies_ms
+from bench_onnx import INT_GEMMS, latencies_ms
 
 import mqcompile
 from mqcompile.backends.onnx.export import export_float_onnx, export_onnx, ort_optimized_op_counts
 from mqcompile.evaluation.suite import METHODS, cpu_name, method_config
 
 log = logging.getLogger("score_onnx")
-INT_GEMMS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
 # task -> (what it is, the program ONNX serves, its metrics)
 TASKS = {
     "dinov2": ("DINOv2-S/14", "vit", ("probe_acc", "cls_cosine")),

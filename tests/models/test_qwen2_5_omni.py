@@ -180,6 +180,15 @@ def test_check_sample_rejects_bad_inputs(model, sample):
         omni.check_sample(dict(sample, input_ids=sample["input_ids"].float()))
     with pytest.raises(CalibrationError):
         omni.make_sample(model, image_grid=(1, 3, 4))
+    # real content that does not fit its layout
+    with pytest.raises(CalibrationError, match="without their image_grid"):
+        omni.make_sample(model, image_grid=None, pixel_values=sample["pixel_values"])
+    with pytest.raises(CalibrationError, match="image_grid \\(1, 4, 4\\) takes"):
+        omni.make_sample(model, pixel_values=sample["pixel_values"][:8])
+    with pytest.raises(CalibrationError, match="the audio tower takes"):
+        omni.make_sample(model, input_features=sample["input_features"][:5])
+    with pytest.raises(CalibrationError, match="special or out-of-vocabulary"):
+        omni.make_sample(model, text_ids=[1, int(model.config.image_token_id)])
 
 
 # --------------------------------------------------------------------------------------------------------- export

@@ -254,9 +254,17 @@ class _Lowerer:
         q = unpack_int4(torch.from_numpy(codes), k).numpy() if bits == 4 else codes.astype(np.int8)
         return np.ascontiguousarray(q.T), scale
 
-    def int_weight(self, node: ir.Node, name: str, w_v, ws_v, bits: int, k: int) -> tuple[ir.Value, ir.Value]:
+    def int_weight(
+        self, node: ir.Node, name: str, w_v, ws_v, bits: int, group: int, k: int
+    ) -> tuple[ir.Value, ir.Value]:
         """INT8 weight values for ``MatMulInteger`` (an INT4 initializer cast in the graph, so the file stays 4-bit)
-        and the per-channel scale ``[N]``."""
+        and the per-channel scale ``[N]``; grouped weights are refused (MatMulInteger has no per-block scales)."""
+        if group:
+            raise UnsupportedProgramError(
+                f"{name}: variant '{self.variant}' needs one weight scale per output channel (MatMulInteger has no "
+                f"per-block scales), but this linear's weights use groups of {group}; export variant='w4a4' (or "
+                "'w4a8', 'w4a16'), or quantize with weight_group_size=None"
+            )
         qt, scale = self._weight_arrays(node, w_v, ws_v, bits, k)
         if bits == 4:
             w = self.op(
@@ -316,13 +324,7 @@ class _Lowerer:
 
     def int_matmul(self, ql: ir.Node, name: str, x2: ir.Value, bits: int, group: int, k: int) -> ir.Value:
         """``w4a8int``: ``x2 @ W.T`` through DynamicQuantizeLinear + MatMulInteger, scaled back to fp32."""
-        if group:
-            raise UnsupportedProgramError(
-                f"{name}: variant 'w4a8int' needs one weight scale per output channel (MatMulInteger has no per-block "
-                f"scales), but this linear's weights use groups of {group}; export variant='w4a16' or 'w4a8', or "
-                "quantize with weight_group_size=None"
-            )
-        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, k)
+        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, group, k)
         xq, xs, xz = self.op_outputs(ql, name, "DynamicQuantizeLinear", [x2], 3)
         acc = self.op(ql, name, "MatMulInteger", [xq, w, xz])
         # Cast -> Mul(acc, Mul(b_scale, a_scale)) is the pattern ORT fuses into MatMulIntegerToFloat
@@ -355,14 +357,8 @@ class _Lowerer:
         """``w4a4int``: ``MatMulInteger`` u8s8 on the offset codes, the zero-point correction in int32, then the
         per-token and per-channel scales in the reference's order (see the module doc)."""
         name = linear_name(ql)
-        if group:
-            raise UnsupportedProgramError(
-                f"{name}: variant 'w4a4int' needs one weight scale per output channel (MatMulInteger has no per-block "
-                f"scales), but this linear's weights use groups of {group}; export variant='w4a4', or quantize with "
-                "weight_group_size=None"
-            )
+        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, group, k)
         self.offset_codes(qa, info)
-        w, w_scale = self.int_weight(ql, name, _input(ql, "w"), _input(ql, "w_scale"), bits, k)
         acc = self.op(ql, name, "MatMulInteger", [info["u8"], w, info["a_zp"]])
         axis1 = self.init(f"{name}.axis1", self.ints([1]))
         if info["zp"] is not None:

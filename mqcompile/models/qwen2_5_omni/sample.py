@@ -172,6 +172,8 @@ def make_sample(
     specials = set(ids.values())
     allowed = torch.tensor([i for i in range(int(tcfg.vocab_size)) if i not in specials])
     text = allowed[torch.randint(len(allowed), (text_tokens,), generator=generator)].tolist()
+    if pixel_values is not None and image_grid is None:
+        raise CalibrationError("pixel_values were given without their image_grid (t, h, w): pass both")
     if text_ids is not None:
         text = [int(i) for i in text_ids]
         bad = [i for i in text if i in specials or not 0 <= i < int(tcfg.vocab_size)]
