@@ -2,15 +2,20 @@
 
 python tools/score_onnx.py                                  # DINOv2-S/14: RTN+Rot and MorphoQuant+Rot, four variants
 python tools/score_onnx.py --task whisper --methods W4A4-RTN+Rot --variants w4a4int --out docs/onnx_score_whisper.md
+python tools/score_onnx.py --task qwen --variants w4a16 w4a8int w4a4int --out docs/onnx_score_qwen.md
 
 For each suite method (``--methods``, names of ``mqcompile.evaluation.suite.METHODS``) the task's programs are
 quantized as the suite does (its calibration data); the one ONNX serves (DINOv2: the ViT; Whisper: the encoder) is
 exported as each ``--variant`` (plus its float program), and every file is scored by the task's own ``evaluate`` with
 an ONNX Runtime session standing in for that module (DINOv2: LFW probe accuracy and CLS cosine to the float torch
 program, 200 images at 112 px; Whisper: WER on the suite's voice and on the harder set, the decoder the method's
-quantized torch program), next to the torch programs' own score. Latency: median of ``--reps`` runs at the task's
-probe batch (DINOv2: 8 x 112 px; Whisper: one 30 s clip) after warm-up, every file of a method timed round-robin
-(``bench_onnx.latencies_ms``), as the float ONNX model's latency over the file's, measured in the same run.
+quantized torch program; Qwen2-0.5B: perplexity on the suite's chunks, 8 wiki / 4 pydoc / 4 news x 256 tokens), next to
+the torch programs' own score. The LM is served as its KV-cache program (``export_causal_lm_with_cache``: one program
+for prefill and decode), quantized on the suite's calibration data; its torch score is that quantized program's.
+Latency: median of ``--reps`` runs at the task's probe batch (DINOv2: 8 x 112 px; Whisper: one 30 s clip; LM: a
+128-token prefill, and one decode step after 255 tokens of a wiki chunk whose cache the float program computed) after
+warm-up, every file of a method timed round-robin (``bench_onnx.latencies_ms``), as the float ONNX model's latency
+over the file's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bench_onnx import INT_GEMMS, latencies_ms
 
 import mqcompile
 from mqcompile.backends.onnx.export import export_float_onnx, export_onnx, ort_optimized_op_counts
+from mqcompile.evaluation.base import ProgramSpec
 from mqcompile.evaluation.suite import METHODS, cpu_name, method_config
 
 log = logging.getLogger("score_onnx")
@@ -38,10 +44,64 @@ log = logging.getLogger("score_onnx")
 TASKS = {
     "dinov2": ("DINOv2-S/14", "vit", ("probe_acc", "cls_cosine")),
     "whisper": ("the Whisper-base encoder", "encoder", ("wer", "wer_hard")),
+    "qwen": ("Qwen2.5-Coder-0.5B with its KV cache", "lm", ("ppl_wiki", "ppl_pydoc", "ppl_news")),
 }
 
 
+class CachedLMTask:
+    """The suite's LM (``TextLMTask``) as the KV-cache program an edge runtime serves: calibrated on the suite's
+    calibration sequences, scored on its perplexity chunks (prefill with an empty past), timed at decode too."""
+
+    def __init__(self):
+        from mqcompile.evaluation.text_lm import TextLMTask
+
+        self.task = TextLMTask()
+        self.config = None
+        self.float_module = None
+
+    def _prefill(self, batch: dict) -> dict:
+        from mqcompile.models.qwen2_text import empty_cache_inputs
+
+        return empty_cache_inputs(self.config, batch["input_ids"], batch["attention_mask"])
+
+    def programs(self) -> dict[str, ProgramSpec]:
+        from mqcompile.models.qwen2_text import export_causal_lm_with_cache
+
+        spec = self.task.programs()["lm"]
+        self.config = self.task.model.config
+        program = export_causal_lm_with_cache(self.task.model)
+        self.float_module = program.module()
+        calibration = [self._prefill(b) for b in spec.calibration]
+        return {"lm": ProgramSpec(program=program, calibration=calibration, probe=self._prefill(spec.probe))}
+
+    def evaluate(self, modules) -> dict[str, float]:
+        module = modules["lm"]
+
+        def logits(input_ids, attention_mask):
+            out = module(**self._prefill({"input_ids": input_ids, "attention_mask": attention_mask}))
+            return out[0] if isinstance(out, tuple | list) else out
+
+        return self.task.perplexities(logits)
+
+    def decode_probe(self) -> dict:
+        """One new token after the first 255 tokens of the first wiki chunk (their cache from the float program)."""
+        ids = self.task.data()["wiki"][:1]
+        with torch.inference_mode():
+            _, keys, values = self.float_module(
+                **self._prefill({"input_ids": ids[:, :-1], "attention_mask": torch.ones_like(ids[:, :-1])})
+            )
+        return {
+            "input_ids": ids[:, -1:].clone(),
+            "attention_mask": torch.ones((1, 1), dtype=torch.long),
+            "past_mask": torch.cat([torch.zeros((1, 1), dtype=torch.long), torch.ones_like(ids[:, :-1])], dim=1),
+            "past_keys": keys,
+            "past_values": values,
+        }
+
+
 def _task(name: str):
+    if name == "qwen":
+        return CachedLMTask()
     if name == "dinov2":
         from mqcompile.evaluation.vision import VisionTask
 
@@ -83,9 +143,11 @@ def score_method(
         files.append((variant, workdir / f"{method}_{variant}.onnx"))
         export_onnx(qp, files[-1][1], spec.probe, variant=variant, check=False)
     timed = latencies_ms([f[1] for f in files], spec.probe, threads, reps)
+    decode = getattr(task, "decode_probe", None)
+    decoded = latencies_ms([f[1] for f in files], decode(), threads, reps) if decode else None
     others = {name: q.module() for name, q in quantized.items() if name != key}
     rows = []
-    for (variant, path), (ms, _) in zip(files, timed, strict=True):
+    for i, ((variant, path), (ms, _)) in enumerate(zip(files, timed, strict=True)):
         metrics = task.evaluate({**others, key: OrtModule(path, threads)}) if score else None
         ops = ort_optimized_op_counts(path, workdir / f"{path.stem}.ort.onnx")
         rows.append(
@@ -101,6 +163,8 @@ def score_method(
                 "scored": score,
             }
         )
+        if decoded:
+            rows[-1].update(decode_ms=decoded[i][0], decode_ratio=decoded[0][0] / decoded[i][0])
         log.info("%s %s: %.1f ms, %s", method, variant, ms, metrics)
     return rows
 
@@ -111,17 +175,22 @@ def _fmt(name: str, value: float) -> str:
 
 def table(rows: list[dict], metrics: tuple[str, ...]) -> str:
     names = " / ".join(metrics)
+    decode = "decode_ms" in rows[0]
     lines = [
-        "| method | ONNX | latency ms | speed vs float ONNX | integer GEMMs | MatMulNBits "
+        "| method | ONNX | latency ms | speed vs float ONNX "
+        + ("| decode ms | decode speed vs float " if decode else "")
+        + "| integer GEMMs | MatMulNBits "
         + "".join(f"| {m} (ORT) " for m in metrics)
         + f"| {names} of the torch programs |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(metrics) + "---:|",
+        "|---|---|---:|---:|" + ("---:|---:|" if decode else "") + "---:|---:|" + "---:|" * len(metrics) + "---:|",
     ]
     for r in rows:
         t = "-" if r["torch"] is None else " / ".join(_fmt(m, r["torch"][m]) for m in metrics)
         ort_metrics = r["ort"] or {}
         lines.append(
-            f"| {r['method']} | {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f}x | {r['int_gemms']} | {r['nbits']} "
+            f"| {r['method']} | {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f}x "
+            + (f"| {r['decode_ms']:.1f} | {r['decode_ratio']:.2f}x " if decode else "")
+            + f"| {r['int_gemms']} | {r['nbits']} "
             + "".join(f"| {_fmt(m, ort_metrics[m]) if m in ort_metrics else 'not scored'} " for m in metrics)
             + f"| {t} |"
         )

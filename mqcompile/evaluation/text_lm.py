@@ -508,19 +508,25 @@ class TextLMTask:
             del logits
         return tally
 
+    def perplexities(self, module: Callable[..., torch.Tensor]) -> dict[str, float]:
+        """``ppl_wiki``, ``ppl_pydoc`` and ``ppl_news`` of ``module`` (called as ``module(input_ids=,
+        attention_mask=) -> logits``; the first part of :meth:`evaluate`)."""
+        data = self.data()
+        wiki, pydoc, news = data["wiki"], data["pydoc"], data["news"]
+        with torch.inference_mode():
+            sums = chunk_nll(module, torch.cat([wiki, pydoc, news]), self.ppl_batch)
+        cuts = {"wiki": (0, len(wiki)), "pydoc": (len(wiki), len(wiki) + len(pydoc))}
+        cuts["news"] = (len(wiki) + len(pydoc), len(sums))
+        return {
+            f"ppl_{n}": math.exp(float(sums[a:b].sum()) / ((b - a) * (self.seq_len - 1))) for n, (a, b) in cuts.items()
+        }
+
     def evaluate(self, modules: Mapping[str, Callable[..., Any]]) -> dict[str, float]:
         module = modules["lm"]
         data = self.data()
-        out: dict[str, float] = {}
         with torch.inference_mode():
             start = time.perf_counter()
-            wiki, pydoc, news = data["wiki"], data["pydoc"], data["news"]
-            sums = chunk_nll(module, torch.cat([wiki, pydoc, news]), self.ppl_batch)
-            per_chunk = self.seq_len - 1
-            cuts = {"wiki": (0, len(wiki)), "pydoc": (len(wiki), len(wiki) + len(pydoc))}
-            cuts["news"] = (len(wiki) + len(pydoc), len(sums))
-            for name, (a, b) in cuts.items():
-                out[f"ppl_{name}"] = math.exp(float(sums[a:b].sum()) / ((b - a) * per_chunk))
+            out = self.perplexities(module)
             ppl_s = time.perf_counter() - start
             start = time.perf_counter()
             tally = self._mc_correct(module, [r for task in MC_TASKS for r in data["mc"][task]])
