@@ -76,6 +76,7 @@ def _quantize(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not (args.no_progress or args.json),
         report=args.report,
+        kv_cache=args.kv_cache,
     )
     if args.json:
         sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2) + "\n")
@@ -151,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     qz.add_argument("--samples", type=int, default=None, help="calibration batches to use (builtin default 8)")
     qz.add_argument(
         "--report", default=None, metavar="DIR", help="write the error report (HTML + PNGs) there; needs matplotlib"
+    )
+    qz.add_argument(
+        "--kv-cache",
+        action="store_true",
+        help="Qwen2 causal LM directories: quantize the KV-cache program (prefill and one-token decode in one: "
+        "input_ids, attention_mask, past_mask, past_keys, past_values -> logits, keys, values), what an edge "
+        "runtime serves after export-onnx",
     )
     qz.add_argument("--seed", type=int, default=0)
     qz.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")

@@ -94,6 +94,7 @@ def quantize_source(
     seed: int = 0,
     progress: bool = True,
     report: str | None = None,
+    kv_cache: bool = False,
 ) -> dict[str, Any]:
     """Load ``source`` (:func:`mqcompile.models.sources.load_source`), quantize it as the flags say, save to
     ``out``, measure fidelity on the source's held-out batches; returns what :func:`format_result` prints."""
@@ -104,7 +105,7 @@ def quantize_source(
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples {samples}: must be >= 1")
     start = time.perf_counter()
-    src = load_source(source, seed=seed)
+    src = load_source(source, seed=seed, kv_cache=kv_cache)
     config = build_config(recipe, default, modality, src.modality_token_ids)
     batches, used = None, "none"
     if calibration == "builtin":

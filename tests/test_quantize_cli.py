@@ -184,6 +184,54 @@ def test_a_causal_lm_directory_with_builtin_calibration_round_trips(tmp_path, ca
     assert torch.equal(QuantizedProgram.load(out).module()(**probe), want.module()(**probe))
 
 
+@pytest.mark.assets  # the builtin calibration reads the eval extra's Wikipedia dump
+def test_kv_cache_quantizes_the_decode_program_that_onnx_runtime_serves(tmp_path, capsys, one_thread):
+    """--kv-cache: the saved program takes a past and returns the grown cache; calibrated on prefills of an empty
+    past (so its prefill logits are the prefill program's, to quantization), and export-onnx serves a decode step."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoConfig
+
+    from mqcompile.models.qwen2_text import empty_cache_inputs
+    from mqcompile.models.sources import load_source
+
+    folder = tmp_path / "lm"
+    _tiny_qwen2_folder(folder)
+    out, onnx_path = tmp_path / "lm_kv.pt2", tmp_path / "lm_kv.onnx"
+    args = ["quantize", str(folder), str(out), "--recipe", "MORPHOQUANT+Rotate", "--calibration", "builtin"]
+    assert main([*args, "--samples", "2", "--kv-cache", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "Qwen2-family causal LM with its KV cache"
+    assert result["fidelity"]["all"]["cosine"] > 0.9
+    qp = QuantizedProgram.load(out)
+    assert list(qp.exported_program.graph_signature.user_inputs) == [
+        "input_ids",
+        "attention_mask",
+        "past_mask",
+        "past_keys",
+        "past_values",
+    ]
+    assert main(["export-onnx", str(out), str(onnx_path), "--variant", "w4a4int"]) == 0
+    prefill = load_source(folder).held_out[0]  # a held-out batch of the prefill program
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    config = AutoConfig.from_pretrained(folder)
+    feed = {k: v.numpy() for k, v in empty_cache_inputs(config, **prefill).items()}
+    logits, keys, values = session.run(None, feed)
+    want = qp.module()(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    np.testing.assert_allclose(logits, want[0].detach().numpy(), atol=1e-4)
+    step = {
+        "input_ids": feed["input_ids"][:, :1],
+        "attention_mask": np.ones((1, 1), dtype=np.int64),
+        "past_mask": np.concatenate([feed["past_mask"], feed["attention_mask"]], axis=1),
+        "past_keys": keys,
+        "past_values": values,
+    }
+    assert session.run(None, step)[1].shape[3] == keys.shape[3] + 1
+    capsys.readouterr()
+    assert main(["quantize", "mini-omni", str(tmp_path / "x.pt2"), "--kv-cache"]) != 0
+    assert "--kv-cache: 'mini-omni' is not a Qwen2-family causal LM" in capsys.readouterr().err
+
+
 @pytest.mark.assets  # the builtin calibration and the held-out images are scikit-image's, from the eval extra
 def test_a_vit_directory_with_builtin_calibration_round_trips(tmp_path, capsys, one_thread):
     from mqcompile.models.sources import load_source

@@ -26,7 +26,7 @@ import torch
 from torch.export import ExportedProgram
 
 from mqcompile.archive import load_archive
-from mqcompile.errors import CalibrationError, CheckpointError, ProgramFileError
+from mqcompile.errors import CalibrationError, CheckpointError, ConfigError, ProgramFileError
 
 __all__ = ["Source", "load_source", "KNOWN_MODEL_TYPES"]
 
@@ -46,12 +46,19 @@ class Source:
     builtin_what: str = ""  # what the builtin calibration is made of
 
 
-def load_source(path: str | Path, seed: int = 0) -> Source:
+def load_source(path: str | Path, seed: int = 0, kv_cache: bool = False) -> Source:
     """A saved ExportedProgram (a ``.pt2`` file) or a known checkpoint directory; CheckpointError /
-    ProgramFileError saying what is expected otherwise."""
+    ProgramFileError saying what is expected otherwise. ``kv_cache``: a Qwen2-family causal LM directory becomes its
+    KV-cache program (:func:`~mqcompile.models.qwen2_text.export_causal_lm_with_cache`, prefill and decode in one);
+    ConfigError for any other source."""
     root = Path(path)
+    if kv_cache and (not root.is_dir() or _model_type(root) != "qwen2"):
+        raise ConfigError(
+            f"--kv-cache: {str(path)!r} is not a Qwen2-family causal LM directory (config.json model_type 'qwen2'); "
+            "only those have a KV-cache program here. Leave the flag out for other sources"
+        )
     if root.is_dir():
-        return _directory(root, seed)
+        return _directory(root, seed, kv_cache)
     if not root.exists() and str(path) == MINI_OMNI:
         return _mini_omni(seed)
     if not root.exists():
@@ -97,10 +104,10 @@ def _model_type(root: Path) -> str:
     return model_type
 
 
-def _directory(root: Path, seed: int) -> Source:
+def _directory(root: Path, seed: int, kv_cache: bool = False) -> Source:
     model_type = _model_type(root)
     if model_type == "qwen2":
-        return _causal_lm(root)
+        return _causal_lm(root, kv_cache)
     if model_type == "dinov2":
         return _vit(root, seed)
     if model_type == "whisper":
@@ -169,11 +176,11 @@ def _thinker(root: Path, seed: int) -> Source:
 _LM_SEQ = 256
 
 
-def _causal_lm(root: Path) -> Source:
+def _causal_lm(root: Path, kv_cache: bool = False) -> Source:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .loading import quiet_loading
-    from .qwen2_text import export_causal_lm
+    from .qwen2_text import empty_cache_inputs, export_causal_lm, export_causal_lm_with_cache
 
     with quiet_loading():
         model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32, attn_implementation="eager").eval()
@@ -184,7 +191,10 @@ def _causal_lm(root: Path) -> Source:
         ids = tokenizer(text[: _LM_SEQ * 8]).input_ids  # ~4 characters a token: plenty
         if len(ids) < _LM_SEQ:
             return None
-        return {"input_ids": torch.tensor([ids[:_LM_SEQ]]), "attention_mask": torch.ones(1, _LM_SEQ, dtype=torch.long)}
+        ids, mask = torch.tensor([ids[:_LM_SEQ]]), torch.ones(1, _LM_SEQ, dtype=torch.long)
+        if kv_cache:  # a prefill on an empty past: the same activations as the prefill program's
+            return empty_cache_inputs(model.config, ids, mask)
+        return {"input_ids": ids, "attention_mask": mask}
 
     def builtin(n: int) -> list[dict]:
         from .builtin_data import wiki_texts
@@ -193,11 +203,14 @@ def _causal_lm(root: Path) -> Source:
 
     # the example only shapes the export (batch and sequence stay dynamic): any valid ids do
     example = torch.arange(16).remainder(model.config.vocab_size).reshape(2, 8)
-    program = export_causal_lm(model, example, torch.ones_like(example))
+    if kv_cache:
+        program = export_causal_lm_with_cache(model)
+    else:
+        program = export_causal_lm(model, example, torch.ones_like(example))
     held_out = _held_out_text(batch)
     return Source(
         program=program,
-        kind="Qwen2-family causal LM",
+        kind="Qwen2-family causal LM" + (" with its KV cache" if kv_cache else ""),
         held_out=held_out,
         builtin=builtin,
         builtin_what=f"Wikipedia articles of the suite's calibration half, {_LM_SEQ}-token sequences",
