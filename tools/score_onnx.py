@@ -125,13 +125,28 @@ class OrtModule:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
+def _config(spec, method: str, head: str | None):
+    overrides = dict(METHODS[method])
+    if head is not None:  # the output head too (it is kept float by default): the decode step reads all its weights
+        overrides["overrides"] = (*overrides.get("overrides", ()), ("*lm_head", head))
+    return method_config(spec, overrides)
+
+
 def score_method(
-    task, key: str, method: str, variants, workdir: Path, threads: int, reps: int, score: bool = True
+    task,
+    key: str,
+    method: str,
+    variants,
+    workdir: Path,
+    threads: int,
+    reps: int,
+    score: bool = True,
+    head: str | None = None,
 ) -> list[dict]:
     specs = task.programs()
     start = time.perf_counter()
     quantized = {
-        name: mqcompile.quantize(spec.program, method_config(spec, METHODS[method]), spec.calibration, progress=False)
+        name: mqcompile.quantize(spec.program, _config(spec, method, head), spec.calibration, progress=False)
         for name, spec in specs.items()
     }
     log.info("%s: quantized in %.0f s", method, time.perf_counter() - start)
@@ -152,7 +167,7 @@ def score_method(
         ops = ort_optimized_op_counts(path, workdir / f"{path.stem}.ort.onnx")
         rows.append(
             {
-                "method": method,
+                "method": method + (f", head {head}" if head else ""),
                 "variant": variant,
                 "ms": ms,
                 "ratio": timed[0][0] / ms,
@@ -204,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["w4a4", "w4a16", "w4a8int", "w4a4int"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-only", action="store_true", help="time the files, do not score them")
+    parser.add_argument(
+        "--head", default=None, choices=["w8a8", "w4a16"], help="quantize the output head (lm_head) with this scheme"
+    )
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--out", default=None, help="write the table here (Markdown)")
     args = parser.parse_args(argv)
@@ -217,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             rows += score_method(
-                task, key, method, args.variants, Path(tmp), args.threads, args.reps, not args.latency_only
+                task, key, method, args.variants, Path(tmp), args.threads, args.reps, not args.latency_only, args.head
             )
     text = table(rows, metrics)
     print(text)

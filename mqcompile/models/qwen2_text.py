@@ -219,10 +219,6 @@ def export_causal_lm(
         raise CalibrationError(
             f"dynamic export needs an example with batch >= 2 and seq >= 2, got {tuple(input_ids.shape)}"
         )
-    adapter = CausalLMForExport(model).eval()
-    previous = getattr(model.config, "_attn_implementation", "eager")
-    if previous != "eager":  # sdpa does not export (data-dependent guard); the layers dispatch on the config
-        model.set_attn_implementation("eager")
     dynamic_shapes = None
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -230,14 +226,24 @@ def export_causal_lm(
         dynamic_shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     # fresh contiguous tensors: a strided slice would make export guard on its strides (e.g. ``seq != 128``)
     kwargs = {"input_ids": input_ids.clone(), "attention_mask": attention_mask.to(torch.long).clone()}
+    return _export(CausalLMForExport(model), kwargs, dynamic_shapes, "the causal LM")
+
+
+def _export(adapter: nn.Module, kwargs: dict, dynamic_shapes: dict | None, what: str) -> torch.export.ExportedProgram:
+    model = adapter.lm
+    previous = getattr(model.config, "_attn_implementation", "eager")
+    if previous != "eager":  # sdpa does not export (data-dependent guard); the layers dispatch on the config
+        model.set_attn_implementation("eager")
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            ep = torch.export.export(adapter, args=(), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+            ep = torch.export.export(
+                adapter.eval(), args=(), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
+            )
     finally:
         if previous != "eager":
             model.set_attn_implementation(previous)
-    logger.info("exported the causal LM in %.1f s", time.perf_counter() - start)
+    logger.info("exported %s in %.1f s", what, time.perf_counter() - start)
     return ep
 
 
@@ -268,16 +274,4 @@ def export_causal_lm_with_cache(
         "past_keys": {1: b, 3: p},
         "past_values": {1: b, 3: p},
     }
-    adapter = CausalLMWithCache(model).eval()
-    previous = getattr(config, "_attn_implementation", "eager")
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            ep = torch.export.export(adapter, args=(), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
-    logger.info("exported the causal LM with its KV cache in %.1f s", time.perf_counter() - start)
-    return ep
+    return _export(CausalLMWithCache(model), kwargs, dynamic_shapes, "the causal LM with its KV cache")
