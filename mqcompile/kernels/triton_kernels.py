@@ -15,6 +15,10 @@
   partial sums into an int32 workspace with atomics (integer addition is exact and order-free, so the result stays
   deterministic), then ``epilogue_kernel`` scales.
 - ``FP8`` (benchmark comparison only): the same GEMM on e4m3 carriers with fp32 accumulation.
+- The W4A4 fast paths (``mqcompile::w4a4_linear_triton``, weights in :func:`~mqcompile.kernels.pack.pack_int4_blocked`'s
+  layout): ``qlinear_decode`` for few tokens (``out^T = W x^T``, shift-only nibble unpack, split-K, optionally the
+  activation quantization fused in), and ``expand_int4`` (blocked nibbles -> int8 or e4m3 bytes, per call) in front
+  of cuBLAS FP8 (``torch._scaled_mm``) for prefill; the quantize kernels write e4m3 codes for it (``OUT_FP8``).
 
 Division uses ``tl.div_rn`` (IEEE round-to-nearest, like torch) rather than ``/`` (which lowers to an approximate
 division on NVIDIA), and rounding adds and subtracts 1.5 * 2**23, which rounds half to even like ``torch.round``
@@ -30,7 +34,7 @@ import functools
 import importlib.util
 from typing import NamedTuple
 
-__all__ = ["available", "kernels", "gemm_config", "GemmConfig", "Kernels"]
+__all__ = ["available", "kernels", "gemm_config", "GemmConfig", "Kernels", "DecodeConfig", "decode_config"]
 
 
 def available() -> bool:
@@ -71,6 +75,31 @@ class Kernels(NamedTuple):
     qlinear: object
     epilogue: object
     quantize_act_asym: object
+    expand_int4: object
+    qlinear_decode: object
+
+
+class DecodeConfig(NamedTuple):
+    """Tiles of ``qlinear_decode_kernel`` (tokens padded to ``block_t``; ``block_k`` a multiple of the layout's
+    block)."""
+
+    block_n: int = 64
+    block_k: int = 256
+    split_k: int = 1
+    fuse_quant: bool = False
+    num_warps: int = 4
+    num_stages: int = 4
+    block_t: int = 16
+
+
+def decode_config(n: int, k: int, sms: int = 132) -> DecodeConfig:
+    """Split K until the weight tiles cover the multiprocessors about twice (each program streams its own slice)."""
+    bn, bk = 64, 256
+    tiles = -(-n // bn)
+    split = 1
+    while tiles * split * 2 <= 2 * sms and k // (split * 2) >= 2 * bk:
+        split *= 2
+    return DecodeConfig(bn, bk, split)
 
 
 @functools.cache
@@ -78,4 +107,11 @@ def kernels() -> Kernels:
     """JIT-compiled (or interpreted) Triton functions."""
     from . import _triton_src as src
 
-    return Kernels(src.quantize_act_kernel, src.qlinear_kernel, src.epilogue_kernel, src.quantize_act_asym_kernel)
+    return Kernels(
+        src.quantize_act_kernel,
+        src.qlinear_kernel,
+        src.epilogue_kernel,
+        src.quantize_act_asym_kernel,
+        src.expand_int4_kernel,
+        src.qlinear_decode_kernel,
+    )

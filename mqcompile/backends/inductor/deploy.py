@@ -25,11 +25,11 @@ import torch.fx as fx
 from ...errors import UnsupportedProgramError
 from ...kernels.cpu_int4 import available as cpu_int4_available
 from ...kernels.ops import QLinearArgs, QuantizeActArgs, arg_position, op_args
-from ...kernels.pack import unpack_int4
+from ...kernels.pack import pack_int4_blocked, unpack_int4
 from ...kernels.triton_kernels import available as triton_available
 from ...program import QuantizedProgram
 
-__all__ = ["compile", "use_triton_ops", "use_cpu_int4pack", "detach_to"]
+__all__ = ["compile", "use_triton_ops", "use_w4a4_paths", "use_cpu_int4pack", "detach_to"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,68 @@ def use_triton_ops(gm: fx.GraphModule, int8_weights: bool = False) -> dict[str, 
             if int8_weights and args.w_bits == 4:
                 _unpack_weight(gm, node, unpacked)
                 counts["unpacked"] += 1
+    gm.recompile()
+    return counts
+
+
+def use_w4a4_paths(
+    gm: fx.GraphModule,
+    *,
+    fp8_weights: bool = False,
+    fp8_min_tokens: int | None = None,
+    fast_accum: bool = False,
+    fuse_quant: bool = False,
+) -> dict[str, int]:
+    """Fuse each 4-bit ``quantize_act(_asym)`` + 4-bit per-channel ``qlinear`` pair into one
+    ``mqcompile::w4a4_linear_triton`` node, which picks its kernel by the token count (the decode kernel up to 16
+    tokens, cuBLAS FP8 from ``fp8_min_tokens`` on, see :func:`mqcompile.kernels.triton_ops.w4a4_linear_triton`);
+    in place. Each weight is repacked once into the blocked layout those kernels read and the old packed copy is
+    dropped, so one copy stays (0.25x bf16, plus an e4m3 copy, 0.5x, with ``fp8_weights``). Pairs whose codes feed
+    anything else, and 8-bit or grouped linears, are left for :func:`use_triton_ops`.
+    """
+    from ...kernels import triton_ops
+
+    _require_graph_module(gm, "use_w4a4_paths")
+    ops = torch.ops.mqcompile
+    quantizers = (ops.quantize_act.default, ops.quantize_act_asym.default)
+    counts = {"fused": 0, "kept": 0}
+    done: dict[str, tuple[str, str | None]] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != ops.qlinear.default:
+            continue
+        args = op_args(QLinearArgs, node)
+        qa = args.xq.args[0] if isinstance(args.xq, fx.Node) and args.xq.target is operator.getitem else None
+        act = op_args(QuantizeActArgs, qa) if qa is not None and qa.target in quantizers else None
+        only_here = qa is not None and all(set(g.users) == {node} for g in qa.users)
+        if act is None or act.bits != 4 or args.w_bits != 4 or args.group_size or not _stored(args.w) or not only_here:
+            counts["kept"] += 1
+            continue
+        if args.w.target not in done:  # a weight shared by several linears is repacked once
+            codes = unpack_int4(gm.get_buffer(args.w.target), args.in_features)
+            blocked = _buffer_beside(gm, args.w.target, "_blocked", pack_int4_blocked(codes))
+            fp8 = None
+            if fp8_weights:
+                e4m3 = triton_ops.expand_int4(gm.get_buffer(blocked), args.in_features, fp8=True)
+                fp8 = _buffer_beside(gm, args.w.target, "_e4m3", e4m3)
+            done[args.w.target] = (blocked, fp8)
+        blocked, fp8 = done[args.w.target]
+        with gm.graph.inserting_before(node):
+            w_node = gm.graph.get_attr(blocked)
+            fp8_node = gm.graph.get_attr(fp8) if fp8 is not None else None
+            new = gm.graph.call_function(
+                ops.w4a4_linear_triton.default,
+                (act.x, act.clip, act.modality_ids, act.shift, qa.target == ops.quantize_act_asym.default, w_node,
+                 args.w_scale, args.bias, args.in_features, args.out_dtype, args.comp, args.modality_ids,
+                 args.w_colsum, fp8_node, fp8_min_tokens or triton_ops.FP8_MIN_TOKENS, fast_accum, fuse_quant),
+            )  # fmt: skip
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        for getter in list(qa.users):
+            gm.graph.erase_node(getter)
+        gm.graph.erase_node(qa)
+        counts["fused"] += 1
+    _drop_replaced(gm, done)
     gm.recompile()
     return counts
 
@@ -129,15 +191,21 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         counts["int4pack"] += 1
-    for node in list(gm.graph.nodes):  # the old packed weights, unless something else still reads them
-        if node.op == "get_attr" and node.target in done and not node.users:
-            gm.graph.erase_node(node)
-    live = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    for target in set(done) - live:
-        owner_path, _, name = target.rpartition(".")
-        delattr(gm.get_submodule(owner_path), name)
+    _drop_replaced(gm, done)
     gm.recompile()
     return counts
+
+
+def _drop_replaced(gm: fx.GraphModule, replaced) -> None:
+    """Remove the buffers named in ``replaced`` (weights that now live in another layout), unless something else
+    still reads them."""
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and node.target in replaced and not node.users:
+            gm.graph.erase_node(node)
+    live = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in set(replaced) - live:
+        owner_path, _, name = target.rpartition(".")
+        delattr(gm.get_submodule(owner_path), name)
 
 
 def _stored(w) -> bool:
@@ -217,6 +285,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     device: str | torch.device | None = None,
     triton: bool | None = None,
     int8_weights: bool = False,
+    fp8_weights: bool = False,
+    w4a4_paths: bool = True,
     cpu_int4pack: bool = False,
     warmup: Iterable[dict[str, Any]] = (),
     **compile_kwargs: Any,
@@ -228,7 +298,11 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         device: move the module there first (e.g. ``"cuda"``); default: where its weights are.
         triton: use the Triton kernels (default: when the module is on CUDA and triton is installed).
         int8_weights: with the Triton kernels, keep 4-bit weights one per byte (faster GEMM on Hopper, twice the
-            weight memory; see :func:`use_triton_ops`).
+            weight memory; see :func:`use_triton_ops`). Implies ``w4a4_paths=False``.
+        w4a4_paths: with the Triton kernels, run 4-bit W4A4 linears through the token-count dispatching op
+            (:func:`use_w4a4_paths`: the decode kernel up to 16 tokens, cuBLAS FP8 above).
+        fp8_weights: with ``w4a4_paths``, also keep an e4m3 copy of those weights for the FP8 prefill instead of
+            expanding the packed ones per call (0.5x bf16 more weight memory).
         cpu_int4pack: on CPU, run 4-bit per-channel linears on ATen's packed-int4 kernel (weights repacked once;
             bit-exact, see :func:`use_cpu_int4pack`). Off by default: on the AVX2 EPYC it measured ~3.5x faster than
             the default path at M = 1 but 3-30x slower from M = 16 on (``docs/bench_cpu/bench_kernels_int4pack.md``).
@@ -246,12 +320,17 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
         )
     module = detach_to(qp.exported_program.module(), device)  # the bare module: no per-call input check
     use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
+    if fp8_weights and (int8_weights or not w4a4_paths):
+        raise ValueError("fp8_weights is the FP8 prefill's weight copy: it needs w4a4_paths=True and no int8_weights")
     if use:
         if not triton_available():
             raise ModuleNotFoundError("triton=True needs the triton package: pip install triton")
+        if w4a4_paths and not int8_weights:
+            log.info("W4A4 paths: %s", use_w4a4_paths(module, fp8_weights=fp8_weights))
         log.info("Triton ops: %s", use_triton_ops(module, int8_weights))
-    elif int8_weights:
-        raise ValueError("int8_weights applies to the Triton kernels: pass device='cuda' (or triton=True)")
+    elif int8_weights or fp8_weights:
+        raise ValueError("int8_weights and fp8_weights apply to the Triton kernels: pass device='cuda' (or "
+                         "triton=True)")  # fmt: skip
     elif cpu_int4pack and _device(module).type == "cpu" and cpu_int4_available():
         log.info("CPU int4 kernel: %s", use_cpu_int4pack(module))
     with torch.no_grad():
