@@ -170,6 +170,7 @@ def bench_linear(name, k, n, m, device, measure) -> dict:
     )  # fmt: skip
     if device.type == "cuda":
         row.update(_carriers(xq, xs, codes.to(device), ws, k, exact, out_dtype, measure, t_bf16))
+        row.update(_w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16))
     else:
         row.update(_cpu_int4pack(xb, xq, xs, wq, ws, clip, k, exact, out_dtype, measure, t_bf16))
     return row
@@ -186,6 +187,44 @@ def _cpu_int4pack(xb, xq, xs, wq, ws, clip, k, exact, out_dtype, measure, t_bf16
     t_gemm = measure(copies(lambda a, b: op(a, xs, b, sz, ws, None, k, out_dtype), xq, w4), 0)
     t_full = measure(copies(lambda a, b: op(*quantize_act(a, clip, None, 4), b, sz, ws, None, k, out_dtype), xb, w4), 0)
     return {"i4p_gemm": t_bf16 / t_gemm, "i4p_full": t_bf16 / t_full, "i4p_exact": ok}
+
+
+def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
+    """The token-count dispatching op of ``mqcompile.compile`` (issue #20): ``w4a4`` is the full linear from bf16
+    input on its default path (decode kernel for M <= 16, cuBLAS FP8 above); ``w4a4_fused`` the decode kernel with
+    the activation quantization fused in; ``w4a4_fp8w`` the FP8 path on a stored e4m3 weight copy instead of the
+    per-call expansion; ``w4a4_fast`` with ``use_fast_accum``. ``*_exact``: the output equals the reference's bit for
+    bit (the reference ops on the same input, integer sums in int32)."""
+    from mqcompile.kernels import triton_ops
+    from mqcompile.kernels.pack import pack_int4_blocked
+
+    m, device = xb.shape[0], xb.device
+    op = torch.ops.mqcompile.w4a4_linear_triton
+    wb = pack_int4_blocked(codes.cpu()).to(device)
+    clip = torch.ones(1, device=device)
+    xq, xs = ref.quantize_act_ref(xb, clip, None, 4)
+    want = ref.qlinear_ref(xq, xs, pack_int4(codes.cpu()).to(device), ws, None, 4, 0, k, out_dtype)
+    w8 = triton_ops.expand_int4(wb, k, fp8=True)
+    variants = {"w4a4": {}}
+    if m <= triton_ops.DECODE_TOKENS:
+        variants["w4a4_fused"] = {"fuse_quant": True}
+    else:
+        variants["w4a4_fp8w"] = {"w_fp8": w8}
+        variants["w4a4_fast"] = {"fast_accum": True}
+    row = {}
+    nbytes = _nbytes(xb, wb) + 2 * m * codes.shape[0]
+    for label, kw in variants.items():
+        def call(a, b, kw=kw):
+            return op(a, clip, None, None, False, b, ws, None, k, out_dtype, w_fp8=kw.get("w_fp8"),
+                      fast_accum=kw.get("fast_accum", False), fuse_quant=kw.get("fuse_quant", False))  # fmt: skip
+
+        try:
+            row[f"{label}_exact"] = bool(torch.equal(call(xb, wb), want))
+            row[label] = t_bf16 / measure(copies(call, xb, wb), nbytes)
+        except Exception as exc:  # noqa: BLE001  (record it and go on: one run of the device is all we get)
+            row[label], row[f"{label}_note"] = math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+            log.warning("%s at M=%d failed: %s", label, m, row[f"{label}_note"])
+    return row
 
 
 def _carriers(xq, xs, codes, ws, k, exact, out_dtype, measure, t_bf16) -> dict:
@@ -240,17 +279,31 @@ def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list
         if device.type == "cuda":
             use_triton_ops(eager)
         base = torch.compile(base_mod, dynamic=False)
-        ours = mqcompile.compile(qp, device=device, warmup=[inputs], dynamic=False)
         w_base = sum(v.numel() * v.element_size() for v in base_mod.state_dict().values())
-        w_ours = sum(v.numel() * v.element_size() for v in eager.state_dict().values())
         with torch.no_grad():
-            want, got, flt = eager(**inputs), ours(**inputs), base(**inputs)
+            want, flt = eager(**inputs), base(**inputs)
             t_base = measure(copies(lambda i, m, f=base: f(input_ids=i, attention_mask=m), *inputs.values()), w_base)
-            t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m), *inputs.values()), w_ours)
-        rows.append({"case": label, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours,
-                     "speedup": t_base / t_ours, "cos_compiled_vs_eager": cosine(want, got),
-                     "cos_vs_float": cosine(flt, got)})  # fmt: skip
-        log.info("%s", rows[-1])
+        variants = {"": {}}  # mqcompile.compile's defaults (the W4A4 paths of issue #20)
+        if device.type == "cuda":
+            variants["legacy GEMM"] = {"w4a4_paths": False}  # issue #5's int8 GEMM for every M
+            if label == "prefill":
+                variants["fp8_weights"] = {"fp8_weights": True}
+        for name, kwargs in variants.items():
+            try:
+                ours = mqcompile.compile(qp, device=device, warmup=[inputs], dynamic=False, **kwargs)
+                w_ours = sum(v.numel() * v.element_size() for v in ours.state_dict().values())
+                with torch.no_grad():
+                    got = ours(**inputs)
+                    t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m),
+                                            *inputs.values()), w_ours)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001  (record it; the other variants still run)
+                log.warning("stack %s %s failed: %s", label, name, exc)
+                rows.append({"case": f"{label} {name}".strip(), "error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            rows.append({"case": f"{label} {name}".strip(), "tokens": shape, "baseline_ms": t_base,
+                         "ours_ms": t_ours, "speedup": t_base / t_ours, "cos_compiled_vs_eager": cosine(want, got),
+                         "cos_vs_float": cosine(flt, got), "weight_bytes": w_ours})  # fmt: skip
+            log.info("%s", rows[-1])
     float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
     quant_bytes = sum(
         v.numel() * v.element_size() for n, v in qp.exported_program.state_dict.items() if ".layers." in f".{n}"
@@ -270,10 +323,17 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def _exact_variants(row: dict) -> str:
+    tags = [k.removesuffix("_exact") + ("" if v else " NOT") for k, v in row.items() if k.startswith("w4a4")
+            and k.endswith("_exact")]  # fmt: skip
+    return ", ".join(tags) or "–"
+
+
 def markdown(data: dict) -> str:
     cpu = "CPU mode" in data["device"]
     cols = ["int_mm", "ours_gemm", "ours_full", "i4p_gemm", "i4p_full", "fp32"] if cpu else [
-        "int_mm", "scaled_mm", "ours_gemm", "ours_full", "w8c_gemm", "fp8c_gemm"]  # fmt: skip
+        "int_mm", "scaled_mm", "ours_gemm", "ours_full", "w8c_gemm", "fp8c_gemm", "w4a4", "w4a4_fused",
+        "w4a4_fp8w", "w4a4_fast"]  # fmt: skip
     lines = [
         f"# Kernel benchmark ({data['device']})",
         "",
@@ -285,13 +345,17 @@ def markdown(data: dict) -> str:
         "in int8 / e4m3 containers (not packed); `exact`: ours_gemm equals the fp64-accumulated reference bit "
         "for bit; `fp8 err`: relative error of fp8c_gemm (fp32 accumulation) vs exact. CPU: `ours_*` unpack the "
         "int4 weights per call (the op's eager CPU path); `i4p_*`: ATen's packed-int4 CPU kernel on weights "
-        "repacked once, `mqcompile.compile(..., cpu_int4pack=True)` (`i4p exact`: bit-equal to the reference).",
+        "repacked once, `mqcompile.compile(..., cpu_int4pack=True)` (`i4p exact`: bit-equal to the reference). "
+        "`w4a4*` (GPU): the token-count dispatching op `mqcompile.compile` deploys (issue #20), the full linear from "
+        "bf16 input: decode kernel for M <= 16 (`w4a4_fused`: quantization fused in), cuBLAS FP8 above "
+        "(`w4a4_fp8w`: stored e4m3 weights; `w4a4_fast`: `use_fast_accum`); `w4a4 exact` lists the variants whose "
+        "output equals the reference bit for bit.",
         "",
         "| shape | K | N | M | bf16 ms | "
         + " | ".join(cols)
         + " | ours TOPS |"
-        + (" i4p exact |" if cpu else " exact | fp8 err |"),
-        "|---" * (len(cols) + 6 + (1 if cpu else 2)) + "|",
+        + (" i4p exact |" if cpu else " exact | fp8 err | w4a4 exact |"),
+        "|---" * (len(cols) + 6 + (1 if cpu else 3)) + "|",
     ]
     for r in data["linears"]:
         cells = [_fmt(r.get(c)) for c in cols]
@@ -299,7 +363,8 @@ def markdown(data: dict) -> str:
             f"| {r['shape']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_ms']:.3f} | "
             + " | ".join(cells)
             + f" | {r['ours_tops']:.1f} |"
-            + (f" {r.get('i4p_exact')} |" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} |")
+            + (f" {r.get('i4p_exact')} |" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} | "
+               f"{_exact_variants(r)} |")
         )
     if data.get("stack"):
         lines += ["", "Decoder stack (mqcompile.compile vs torch.compile of the float model):", ""]
@@ -310,6 +375,8 @@ def markdown(data: dict) -> str:
                     f"ours {r['ours_ms']:.2f} ms, speedup {r['speedup']:.2f}x (logits cosine: compiled vs eager "
                     f"program {r['cos_compiled_vs_eager']:.4f}, vs float {r['cos_vs_float']:.3f})"
                 )
+            elif "error" in r:
+                lines.append(f"- {r['case']}: failed: {r['error']}")
             else:
                 lines.append(f"- {r['case']}: W4 {r['w4_bytes'] / 2**20:.1f} MiB vs bf16 "
                              f"{r['bf16_bytes'] / 2**20:.1f} MiB ({r['ratio']:.3f}x)")  # fmt: skip
