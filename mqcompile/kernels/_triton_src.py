@@ -188,9 +188,19 @@ def qlinear_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     TWO_DOT: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    if GROUP_M > 1:  # grouped tile order on a 1-D grid: GROUP_M row tiles share each weight tile while it is in L2
+        pid = tl.program_id(0)
+        tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = pid // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        rows = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * tiles_n)) % rows
+        pid_n = (pid % (GROUP_M * tiles_n)) // rows
+    else:
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     if FP8:

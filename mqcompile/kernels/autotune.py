@@ -23,7 +23,7 @@ __all__ = ["candidates", "choose", "cached", "bucket", "results"]
 
 log = logging.getLogger(__name__)
 
-# (block_m, block_n, block_k, split_k, num_warps, num_stages, two_dot)
+# (block_m, block_n, block_k, split_k, num_warps, num_stages, two_dot[, group_m])
 _DECODE = [
     (16, n, k, s, 4, 4, two) for n, k, splits in ((32, 256, (1, 4)), (64, 128, (1,)), (64, 256, (1, 2, 4)),
                                                   (128, 128, (1, 2))) for s in splits for two in (False, True)
@@ -44,6 +44,10 @@ _PREFILL = [
     (128, 256, 128, 1, 8, 3, False),
     (128, 128, 128, 1, 8, 4, True),
     (128, 256, 128, 1, 8, 3, True),
+    # issue #20 item 3: BK 128, 3-4 stages, 8 warps, grouped tile order
+    (128, 128, 128, 1, 8, 3, False, 8),
+    (128, 256, 128, 1, 8, 3, False, 8),
+    (128, 256, 128, 1, 8, 4, False, 8),
 ]
 
 _cache: dict[tuple, GemmConfig] = {}

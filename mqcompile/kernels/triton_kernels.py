@@ -50,6 +50,7 @@ class GemmConfig(NamedTuple):
     num_warps: int = 4
     num_stages: int = 3
     two_dot: bool = False  # 4-bit weights: two dots on the nibble planes instead of re-interleaving K
+    group_m: int = 1  # > 1: grouped tile order (row tiles of a group reuse each weight tile from L2)
 
 
 def gemm_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:

@@ -165,12 +165,13 @@ def qlinear_launch(
             x_zero=x_zero, w_colsum=w_colsum))  # fmt: skip
     if fp8 and cfg.split_k > 1:
         raise ValueError("the fp8 GEMM accumulates in fp32 and has no split-K path; use split_k=1")
-    grid = (triton_cdiv(m, cfg.block_m), triton_cdiv(n, cfg.block_n), cfg.split_k)
+    tiles = (triton_cdiv(m, cfg.block_m), triton_cdiv(n, cfg.block_n))
+    grid = (tiles[0] * tiles[1], 1, cfg.split_k) if cfg.group_m > 1 else (*tiles, cfg.split_k)
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.int32, device=a.device)
     k_ = kernels()
     wrap_triton(k_.qlinear)[grid](
         a, xs, w, ws, b, cp, ids, xz, cs, target, m, n, k, w.shape[1], w4, fp8, *flags,
-        cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, cfg.two_dot and w4,
+        cfg.block_m, cfg.block_n, cfg.block_k, cfg.split_k, cfg.two_dot and w4, cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if cfg.split_k > 1:

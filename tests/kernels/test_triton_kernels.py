@@ -83,6 +83,8 @@ def test_qlinear_matches_reference(m, k, n, w_bits, out_dtype):
         GemmConfig(32, 16, 32, 8),
         GemmConfig(16, 32, 64, 1, two_dot=True),  # nibble planes against even / odd activation columns
         GemmConfig(32, 64, 128, 2, two_dot=True),
+        GemmConfig(16, 16, 32, 1, group_m=2),  # grouped tile order, ragged last group
+        GemmConfig(16, 32, 64, 2, group_m=3),
     ],
 )
 def test_split_k_and_tile_configs_match_reference(m, k, n, cfg):
