@@ -256,3 +256,23 @@ def test_codes_read_elsewhere_keep_the_pair():
         graph.output_node().update_arg(0, (graph.output_node().args[0][0], graph.call_function(torch.neg, (codes,))))
     module.recompile()
     assert use_w4a4_paths(module) == {"fused": 1, "kept": 1}
+
+
+def test_torch_compile_traces_one_graph_per_regime_with_dynamic_tokens():
+    # Dynamo + AOTAutograd through the triton_op's body (a separate process: the interpreter's kernels cannot be
+    # traced): 40 and 70 tokens share the FP8 graph (quantize, expand, _scaled_mm, the epilogue as aten ops that
+    # Inductor fuses), 3 and 16 the decode graph; the choice is a guard on M, so 4 calls make 2 graphs
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).parent / "scripts" / "trace_w4a4_paths.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    graphs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(graphs) == 2
+    fp8, decode = graphs
+    assert fp8.count("aten._scaled_mm.default") == 2 and fp8.count("triton_kernel_wrapper_functional") == 4
+    assert "aten._scaled_mm.default" not in decode and decode.count("triton_kernel_wrapper_functional") == 4
