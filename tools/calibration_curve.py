@@ -26,7 +26,7 @@ import torch
 
 from mqcompile import quantize
 from mqcompile.evaluation.suite import METHODS, method_config
-from mqcompile.evaluation.text_lm import TextLMTask, chunk_nll
+from mqcompile.evaluation.text_lm import CALIB_SOURCES, TextLMTask, chunk_nll
 
 log = logging.getLogger("calibration_curve")
 
@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="W4A4-MorphoQuant+Rot", choices=[m for m in METHODS if METHODS[m]])
     parser.add_argument("--points", nargs="+", default=["2:256", "8:256", "32:256", "8:64", "8:1024"],
                         help="BATCHES:RESERVOIR_TOKENS pairs")  # fmt: skip
+    parser.add_argument("--calib-sources", nargs="+", default=["wiki"], choices=CALIB_SOURCES,
+                        help="calibration sources, taken in turn (default: wiki)")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the table here (.md; the JSON beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     points = [_point(p) for p in args.points]
-    task = TextLMTask(calib_batches=max(b for b, _ in points))
+    task = TextLMTask(calib_batches=max(b for b, _ in points), calib_sources=args.calib_sources)
     spec = task.programs()["lm"]
     data = task.data()
     float_ppl = _perplexities(spec.program.module(), data, task.ppl_batch)
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity "
         + " / ".join(f"{v:.2f} ({s})" for s, v in zip(SPLITS, float_ppl))
-        + f"; {task.seq_len}-token calibration sequences (Wikipedia); one run per point.",
+        + f"; {task.seq_len}-token calibration sequences ({' + '.join(task.calib_sources)}, taken in turn); one run "
+        "per point.",
         "",
         "| batches | tokens | reservoir per linear | "
         + " | ".join(f"ppl_{s} (x float)" for s in SPLITS)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as f:
             f.write(table + "\n")
         with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
-            json.dump({"method": args.method, "float": float_ppl, "points": rows}, f, indent=1)
+            json.dump({"method": args.method, "calib_sources": task.calib_sources, "float": float_ppl,
+                       "points": rows}, f, indent=1)  # fmt: skip
     return 0
 
 

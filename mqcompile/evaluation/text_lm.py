@@ -159,6 +159,22 @@ def load_news_text() -> str:
     return "\n\n".join(line.strip() for line in lines if line.strip())
 
 
+#: BIG-bench tasks whose inputs are narrative prose (stories, dilemmas, fables): a calibration source of another
+#: kind than Wikipedia (``calib_sources``), never scored; the multiple-choice tasks of :data:`MC_TASKS` are not among
+#: them
+PROSE_TASKS = ("causal_judgment", "moral_permissibility", "understanding_fables", "fantasy_reasoning")
+CALIB_SOURCES = ("wiki", "bigbench")
+
+
+def load_bigbench_prose() -> str:
+    """The inputs of the :data:`PROSE_TASKS` (each text once, in task and file order), blank-line separated."""
+    seen: dict[str, None] = {}
+    for task in PROSE_TASKS:
+        for example in load_bigbench_task(task)["examples"]:
+            seen.setdefault(example["input"].strip(), None)
+    return "\n\n".join(seen)
+
+
 def load_pydoc_text() -> str:
     """CPython's ``pydoc_data.topics`` (reference-manual prose), topics in sorted order, blank-line separated."""
     from pydoc_data.topics import topics
@@ -184,7 +200,7 @@ def load_bigbench_task(task: str) -> dict[str, Any]:
     folder = cache_dir("data", "bigbench")
     path = folder / f"{task}.json"
     if not path.is_file():
-        wanted = {_bigbench_member(t): t for t in {*MC_TASKS, task}}
+        wanted = {_bigbench_member(t): t for t in {*MC_TASKS, *PROSE_TASKS, task}}
         sdist = pip_download(BIGBENCH_REQUIREMENT, BIGBENCH_SDIST)
         found = set()
         start = time.perf_counter()
@@ -320,6 +336,9 @@ class TextLMTask:
         seq_len: tokens per perplexity chunk and per calibration sequence; default 256 (quick 128).
         mc_questions: cap on the questions per BIG-bench task (seeded subset); default all (quick 12/2/4).
         calib_batches: calibration batches of one ``seq_len`` sequence each; default 8 (quick 2).
+        calib_sources: where calibration sequences come from, taken in turn: ``"wiki"`` (the articles the
+            evaluation does not use) and ``"bigbench"`` (narrative prose of :data:`PROSE_TASKS`); default wiki only.
+            Neither is pydoc or news, which stay text the calibration never drew from.
 
     Program ``lm``: ``(input_ids, attention_mask) -> logits`` (:func:`~mqcompile.models.qwen2_text.export_causal_lm`).
     """
@@ -347,7 +366,12 @@ class TextLMTask:
         seq_len: int | None = None,
         mc_questions: int | Mapping[str, int] | None = None,
         calib_batches: int | None = None,
+        calib_sources: Sequence[str] = ("wiki",),
     ):
+        unknown = [c for c in calib_sources if c not in CALIB_SOURCES]
+        if unknown or not calib_sources:
+            raise ValueError(f"calib_sources {tuple(calib_sources)!r}: choose one or more of {CALIB_SOURCES}")
+        self.calib_sources = tuple(calib_sources)
         self.quick, self.seed = quick, seed
         self.seq_len = seq_len or (128 if quick else 256)
         self.wiki_chunks = ppl_chunks or (2 if quick else 8)
@@ -399,6 +423,18 @@ class TextLMTask:
         picks = [round(i * (windows - 1) / max(n - 1, 1)) for i in range(n)]
         return torch.tensor([ids[p * self.seq_len : (p + 1) * self.seq_len] for p in picks], dtype=torch.long)
 
+    def _calibration_chunks(self, wiki_articles: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """``calib_batches`` sequences, the sources taken in turn (so any prefix of them mixes the sources too)."""
+        k = len(self.calib_sources)
+        counts = [self.calib_batches // k + (i < self.calib_batches % k) for i in range(k)]
+        chunks = {
+            source: self._article_chunks(wiki_articles, n) if source == "wiki"
+            else self._pydoc_chunks(n, load_bigbench_prose(), "the BIG-bench prose tasks")
+            for source, n in zip(self.calib_sources, counts) if n
+        }  # fmt: skip
+        order = [chunks[s][i] for i in range(max(counts)) for s, n in zip(self.calib_sources, counts) if i < n]
+        return torch.stack(order)
+
     def _mc_rows(self, task: str) -> list[dict[str, Any]]:
         """The task's questions packed into rows of at most ``mc_row_tokens`` (the task prefix once per row)."""
         data = load_bigbench_task(task)
@@ -443,7 +479,7 @@ class TextLMTask:
                 "wiki": self._article_chunks(evaluation, self.wiki_chunks),
                 "pydoc": self._pydoc_chunks(self.pydoc_chunks),
                 "news": self._pydoc_chunks(self.pydoc_chunks, load_news_text(), "the Lee news corpus"),
-                "calibration": self._article_chunks(calibration, self.calib_batches),
+                "calibration": self._calibration_chunks(calibration),
                 "mc": {t: self._mc_rows(t) for t in MC_TASKS},
             }
             mc_rows = [r for rows in self._data["mc"].values() for r in rows]
