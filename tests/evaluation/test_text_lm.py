@@ -284,3 +284,23 @@ def test_real_slice_float_vs_w4a4():
     quantized = task.evaluate({"lm": qp.module()})
     assert set(quantized) == set(floats) and all(math.isfinite(v) for v in quantized.values())
     assert quantized["ppl_wiki"] != floats["ppl_wiki"]
+
+
+def test_calibration_sources_are_checked():
+    with pytest.raises(ValueError, match="choose one or more of"):
+        TextLMTask(calib_sources=("wiki", "pydoc"))  # pydoc is held out: never a calibration source
+    with pytest.raises(ValueError, match="choose one or more of"):
+        TextLMTask(calib_sources=())
+
+
+@pytest.mark.assets
+def test_mixed_calibration_takes_the_sources_in_turn():
+    from mqcompile.evaluation.text_lm import load_bigbench_prose
+
+    wiki = TextLMTask(quick=True, seq_len=32, calib_batches=2).data()["calibration"]
+    mixed = TextLMTask(quick=True, seq_len=32, calib_batches=3, calib_sources=("wiki", "bigbench"))
+    rows = mixed.data()["calibration"]
+    assert rows.shape == (3, 32)
+    assert torch.equal(rows[0], wiki[0]) and torch.equal(rows[2], wiki[1])  # wiki, prose, wiki
+    prose = mixed.tokenizer(load_bigbench_prose()).input_ids
+    assert rows[1].tolist() == prose[:32]  # the first evenly spaced window of the prose
