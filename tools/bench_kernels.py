@@ -214,6 +214,7 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     row = {}
     nbytes = _nbytes(xb, wb) + 2 * m * codes.shape[0]
     for label, kw in variants.items():
+
         def call(a, b, kw=kw):
             return op(a, clip, None, None, False, b, ws, None, k, out_dtype, w_fp8=kw.get("w_fp8"),
                       fast_accum=kw.get("fast_accum", False), fuse_quant=kw.get("fuse_quant", False))  # fmt: skip
@@ -363,8 +364,11 @@ def markdown(data: dict) -> str:
             f"| {r['shape']} | {r['K']} | {r['N']} | {r['M']} | {r['bf16_ms']:.3f} | "
             + " | ".join(cells)
             + f" | {r['ours_tops']:.1f} |"
-            + (f" {r.get('i4p_exact')} |" if cpu else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} | "
-               f"{_exact_variants(r)} |")
+            + (
+                f" {r.get('i4p_exact')} |"
+                if cpu
+                else f" {r.get('exact')} | {r.get('fp8c_relerr', math.nan):.1e} | {_exact_variants(r)} |"
+            )
         )
     if data.get("stack"):
         lines += ["", "Decoder stack (mqcompile.compile vs torch.compile of the float model):", ""]

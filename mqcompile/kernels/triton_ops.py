@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
-from . import reference as ref
-
 from . import autotune
+from . import reference as ref
 from .pack import BLOCK, blocked_cols
 from .triton_kernels import DecodeConfig, GemmConfig, decode_config, kernels
 

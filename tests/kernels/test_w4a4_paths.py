@@ -9,9 +9,11 @@ import torch
 if not torch.cuda.is_available():  # must be set before the kernels are first JIT-decorated (they are lazy)
     os.environ["TRITON_INTERPRET"] = "1"
 
-from mqcompile.kernels import pack_int4  # noqa: E402
+from mqcompile.kernels import (
+    pack_int4,  # noqa: E402
+    triton_ops,  # noqa: E402
+)
 from mqcompile.kernels import reference as ref  # noqa: E402
-from mqcompile.kernels import triton_ops  # noqa: E402
 from mqcompile.kernels.pack import BLOCK, pack_int4_blocked, unpack_int4_blocked  # noqa: E402
 from mqcompile.kernels.triton_kernels import DecodeConfig, decode_config  # noqa: E402
 
