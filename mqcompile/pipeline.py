@@ -54,6 +54,12 @@ class Pass(NamedTuple):
     empty: dict | None = None  # the counts reported when ``when`` is false
 
 
+def _brief(counts: dict) -> dict:
+    """A pass's counts for the log: per-linear tables (MDQFO's losses, one entry a linear) as their size only; the
+    whole table stays in the report (``QuantizedProgram.report``)."""
+    return {k: f"<{len(v)} linears>" if isinstance(v, dict) and len(v) > 8 else v for k, v in counts.items()}
+
+
 def _has(kind: type) -> Callable[[QuantConfig], bool]:
     return lambda config: config.algorithm(kind) is not None
 
@@ -138,7 +144,7 @@ def run_pipeline(
         report[entry.name] = result.counts
         ran.add(entry.name)
         bar.update()
-        log.info("pass %s: %s", entry.name, result.counts)
+        log.info("pass %s: %s", entry.name, _brief(result.counts))
         if ctx.config.debug:
             _check(ep, entry.name)
     bar.close()
