@@ -14,12 +14,12 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton_cache
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-MQCOMPILE_AUTOTUNE=0 timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_w4a4_gpu.py \
+MQCOMPILE_AUTOTUNE=0 timeout "${TESTS_S:-150}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_w4a4_gpu.py \
     tests/kernels/test_w4a4_paths.py tests/kernels/test_triton_kernels.py tests/backends/test_inductor.py 2>&1 \
     | tee "$OUT/tests.log" | tail -8
 # the 7B thinker shapes (the targets), M in {1, 16, 256, 4096}
-timeout "${LINEARS_S:-150}" python3 tools/bench_kernels.py --no-stack --shapes thinker.gate_up thinker.down \
+timeout "${LINEARS_S:-130}" python3 tools/bench_kernels.py --no-stack --shapes thinker.gate_up thinker.down \
     thinker.qkv thinker.o --out "$OUT/linears" > "$OUT/linears.log" 2>&1
 echo "linears rc=$?"; grep -v "^{" "$OUT/linears.log" | tail -45
-timeout "${STACK_S:-180}" python3 tools/bench_kernels.py --no-linears --out "$OUT/stack" > "$OUT/stack.log" 2>&1
+timeout "${STACK_S:-170}" python3 tools/bench_kernels.py --no-linears --out "$OUT/stack" > "$OUT/stack.log" 2>&1
 echo "stack rc=$?"; tail -12 "$OUT/stack.log"
