@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="BATCHES:RESERVOIR_TOKENS pairs")  # fmt: skip
     parser.add_argument("--calib-sources", nargs="+", default=["wiki"], choices=CALIB_SOURCES,
                         help="calibration sources, taken in turn (default: wiki)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="QuantConfig.seed (the reservoir's sampling)")
     parser.add_argument("--out", default=None, help="write the table here (.md; the JSON beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     float_ppl = _perplexities(spec.program.module(), data, task.ppl_batch)
     rows = []
     for batches, reservoir in points:
-        config = method_config(spec, {**METHODS[args.method], "reservoir_tokens": reservoir})
+        config = method_config(spec, {**METHODS[args.method], "reservoir_tokens": reservoir, "seed": args.seed})
         start = time.perf_counter()
         qp = quantize(spec.program, config, calibration=spec.calibration[:batches], progress=False)
         quantize_s = time.perf_counter() - start
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Method `{args.method}` on Qwen2.5-Coder-0.5B, float perplexity "
         + " / ".join(f"{v:.2f} ({s})" for s, v in zip(SPLITS, float_ppl))
-        + f"; {task.seq_len}-token calibration sequences ({' + '.join(task.calib_sources)}, taken in turn); one run "
-        "per point.",
+        + f"; {task.seq_len}-token calibration sequences ({' + '.join(task.calib_sources)}, taken in turn); seed "
+        f"{args.seed}; one run per point.",
         "",
         "| batches | tokens | reservoir per linear | "
         + " | ".join(f"ppl_{s} (x float)" for s in SPLITS)
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as f:
             f.write(table + "\n")
         with open(args.out.rsplit(".", 1)[0] + ".json", "w") as f:
-            json.dump({"method": args.method, "calib_sources": task.calib_sources, "float": float_ppl,
-                       "points": rows}, f, indent=1)  # fmt: skip
+            record = {"method": args.method, "calib_sources": task.calib_sources, "seed": args.seed}
+            json.dump({**record, "float": float_ppl, "points": rows}, f, indent=1)
     return 0
 
 
