@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from .triton_kernels import GemmConfig, gemm_config
+from .triton_kernels import DecodeConfig, GemmConfig, decode_config, gemm_config
 
-__all__ = ["candidates", "choose", "cached", "bucket", "results"]
+__all__ = ["candidates", "choose", "choose_decode", "decode_candidates", "cached", "bucket", "results"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,19 @@ _PREFILL = [
     (128, 128, 128, 1, 8, 3, False, 8),
     (128, 256, 128, 1, 8, 3, False, 8),
     (128, 256, 128, 1, 8, 4, False, 8),
+]
+
+# the decode kernel (M <= 16): (block_n, block_k, split_k, num_warps, num_stages)
+_DECODE_KERNEL = [
+    (64, 256, 1, 4, 4),
+    (64, 256, 2, 4, 4),
+    (64, 256, 4, 4, 4),
+    (32, 256, 1, 4, 4),
+    (32, 256, 2, 4, 4),
+    (128, 128, 1, 4, 4),
+    (128, 256, 1, 8, 3),
+    (64, 512, 1, 4, 3),
+    (64, 128, 2, 4, 5),
 ]
 
 _cache: dict[tuple, GemmConfig] = {}
@@ -119,3 +132,41 @@ def choose(a: torch.Tensor, n: int, k: int, kind: str, launch: Callable[[GemmCon
 def _no_split(cfg: GemmConfig, kind: str) -> GemmConfig:
     # fp8 accumulates in fp32, which the int32 split-K workspace cannot hold
     return cfg._replace(split_k=1) if kind == "fp8" else cfg
+
+
+def decode_candidates(k: int, fuse_quant: bool) -> list[DecodeConfig]:
+    """The decode kernel's tiles, without splits that would leave a K slice under one block."""
+    return [
+        DecodeConfig(bn, bk, split, fuse_quant, warps, stages)
+        for bn, bk, split, warps, stages in _DECODE_KERNEL
+        if split == 1 or k >= bk * split
+    ]
+
+
+def choose_decode(
+    x: torch.Tensor, n: int, k: int, fuse_quant: bool, launch: Callable[[DecodeConfig], object]
+) -> DecodeConfig:
+    """The decode kernel's config for ``x [M <= 16, K]`` against ``[N, K]`` weights; times the candidates through
+    ``launch`` on the first eager CUDA call per key, like :func:`choose` (the heuristic otherwise)."""
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else 132
+    fallback = decode_config(n, k, sms)._replace(fuse_quant=fuse_quant)
+    key = (x.device.index, "decode", n, k, fuse_quant)
+    if key in _cache:
+        return _cache[key]
+    if not isinstance(x.shape[0], int) or not _can_time(x):
+        return fallback
+    from triton.testing import do_bench
+
+    timed = []
+    for cfg in decode_candidates(k, fuse_quant):
+        try:
+            timed.append((cfg, do_bench(lambda cfg=cfg: launch(cfg), warmup=5, rep=20)))
+        except Exception as exc:  # noqa: BLE001  (a config the compiler rejects)
+            log.debug("decode config %s failed: %s", cfg, exc)
+    if not timed:
+        _cache[key] = fallback
+        return fallback
+    _timings[key] = timed
+    _cache[key] = min(timed, key=lambda r: r[1])[0]
+    log.info("autotune %s -> %s (%.4f ms)", key, _cache[key], min(t for _, t in timed))
+    return _cache[key]

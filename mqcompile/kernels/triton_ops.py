@@ -18,7 +18,7 @@ from torch.library import triton_op, wrap_triton
 from . import autotune
 from . import reference as ref
 from .pack import BLOCK, blocked_cols
-from .triton_kernels import DecodeConfig, GemmConfig, decode_config, kernels
+from .triton_kernels import DecodeConfig, GemmConfig, kernels
 
 __all__ = [
     "quantize_act_triton",
@@ -248,13 +248,23 @@ def decode_launch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decode kernel on ``x [M <= block_t, K]``: int8 codes with ``x_scale``, or, with ``cfg.fuse_quant``, the
     float input with its ``clip`` / ``shift`` tables (the scales are then computed and returned). ``w``: blocked
-    packed int4. Returns ``(out [M, N], x_scale)``."""
+    packed int4. Returns ``(out [M, N], x_scale)``. Without ``cfg``: the autotuner's choice
+    (:func:`mqcompile.kernels.autotune.choose_decode`; fused when ``clip`` is given without ``x_scale``)."""
     m, n = x.shape[0], w.shape[0]
-    cfg = cfg or decode_config(n, k, _sms(x))
+    if cfg is None:
+        fuse = clip is not None and x_scale is None
+
+        def launch(c: DecodeConfig):
+            return decode_launch(x, x_scale, w, w_scale, bias, comp, modality_ids, k, out_dtype, c, clip=clip,
+                                 shift=shift, bits=bits, x_zero=x_zero, w_colsum=w_colsum)  # fmt: skip
+
+        cfg = autotune.choose_decode(x, n, k, fuse, launch)
     if m > cfg.block_t:
         raise ValueError(f"the decode kernel takes at most {cfg.block_t} tokens, got {m}")
     if cfg.fuse_quant and (clip is None or x_zero is not None):
         raise ValueError("fuse_quant quantizes symmetric codes here and needs the clip table")
+    if not cfg.fuse_quant and x_scale is None:
+        raise ValueError("int8 codes need their x_scale (or pass the float input with clip to fuse the quantization)")
     if w.shape[1] != blocked_cols(k):
         raise ValueError(f"weight rows of {w.shape[1]} bytes are not the blocked layout of K={k}")
     out = torch.empty((m, n), dtype=out_dtype, device=x.device)
@@ -281,10 +291,6 @@ def decode_launch(
         wrap_triton(k_.epilogue)[(1, triton_cdiv(n, 128))](target, xs, ws, b, cp, ids, xz, cs, out, m, n, *flags,
                                                            cfg.block_t, 128)  # fmt: skip
     return out, xs.reshape(m, 1)
-
-
-def _sms(t: torch.Tensor) -> int:
-    return torch.cuda.get_device_properties(t.device).multi_processor_count if t.device.type == "cuda" else 132
 
 
 def _has_fp8(t: torch.Tensor) -> bool:
@@ -325,8 +331,7 @@ def w4a4_linear_triton(
     outputs = 2 if asym else 1
     if m <= DECODE_TOKENS:
         if fuse_quant and not asym:
-            cfg = decode_config(w.shape[0], in_features, _sms(x))._replace(fuse_quant=True)
-            out, _ = decode_launch(x2, None, w, w_scale, bias, comp, comp_ids, in_features, out_dtype, cfg,
+            out, _ = decode_launch(x2, None, w, w_scale, bias, comp, comp_ids, in_features, out_dtype,
                                    clip=clip, shift=shift)  # fmt: skip
         else:
             q, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, outputs - 1)

@@ -119,6 +119,22 @@ def test_decode_kernel_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="clip"):
         triton_ops.decode_launch(torch.zeros(2, 64), None, w, torch.ones(16, 1), None, None, None, 64,
                                  torch.float32, DecodeConfig(fuse_quant=True))  # fmt: skip
+    with pytest.raises(ValueError, match="x_scale"):
+        triton_ops.decode_launch(torch.zeros(2, 64, dtype=torch.int8), None, w, torch.ones(16, 1), None, None, None,
+                                 64, torch.float32)  # fmt: skip
+
+
+def test_decode_candidates_are_valid_tiles():
+    from mqcompile.kernels import autotune
+
+    for k in (96, 3584, 18944):
+        for fuse in (False, True):
+            cands = autotune.decode_candidates(k, fuse)
+            assert cands and all(c.fuse_quant == fuse and c.block_k % BLOCK == 0 for c in cands)
+            assert all(c.split_k == 1 or k >= c.block_k * c.split_k for c in cands)
+    # on the CPU nothing is timed: the heuristic, with the fused flag as asked
+    x = torch.zeros(3, 96)
+    assert autotune.choose_decode(x, 40, 96, True, lambda c: None) == decode_config(40, 96)._replace(fuse_quant=True)
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(17, 75, 20), (40, 200, 33), (300, 130, 129)])
