@@ -87,3 +87,14 @@ def test_compile_with_cpu_int4pack_matches_the_program(toy):
     qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
     fast = mqcompile.compile(qp, cpu_int4pack=True)
     assert torch.equal(fast(**toy_inputs(1)), qp.module()(**toy_inputs(1)))
+
+
+def test_fp8_weights_need_the_w4a4_paths_on_the_triton_path(toy):
+    _, _, ep = toy
+    qp = mqcompile.quantize(ep, TOY_CONFIG, progress=False)
+    with pytest.raises(ValueError, match="w4a4_paths=True"):
+        mqcompile.compile(qp, fp8_weights=True, w4a4_paths=False)
+    with pytest.raises(ValueError, match="no int8_weights"):
+        mqcompile.compile(qp, fp8_weights=True, int8_weights=True)
+    with pytest.raises(ValueError, match="device='cuda'"):
+        mqcompile.compile(qp, fp8_weights=True)  # CPU: no Triton kernels to take the copy
