@@ -145,15 +145,9 @@ def qlinear_launch(
     if not m:
         return out
     xs = x_scale.reshape(-1).float().contiguous()
-    ws = w_scale.reshape(-1).float().contiguous()
-    b = bias.contiguous() if bias is not None else ws
-    cp = comp.float().contiguous() if comp is not None else ws
-    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else xs
-    if (x_zero is None) != (w_colsum is None) or (fp8 and x_zero is not None):
-        raise ValueError("x_zero and w_colsum come together, on the integer GEMM only")
-    xz = x_zero.reshape(-1).to(torch.int32).contiguous() if x_zero is not None else ids
-    cs = w_colsum.reshape(-1).to(torch.int32).contiguous() if w_colsum is not None else ids
-    flags = (bias is not None, comp is not None, modality_ids is not None, x_zero is not None)
+    if fp8 and x_zero is not None:
+        raise ValueError("zero points (x_zero, w_colsum) are corrected on the integer GEMM only")
+    (ws, b, cp, ids, xz, cs), flags = _epilogue_args(w_scale, bias, comp, modality_ids, x_zero, w_colsum)
     w = w.contiguous()
     if fp8:  # the kernel loads e4m3 bytes as int8 and bitcasts (masked fp8 loads cannot fill with 0)
         a, w = a.view(torch.int8), w.view(torch.int8)
@@ -179,6 +173,23 @@ def qlinear_launch(
             target, xs, ws, b, cp, ids, xz, cs, out, m, n, *flags, bm, bn
         )
     return out
+
+
+def _epilogue_args(w_scale, bias, comp, modality_ids, x_zero, w_colsum):
+    """The GEMM epilogue's tables as kernel arguments ``(w_scale, bias, comp, ids, x_zero, colsum)`` and their
+    ``HAS_BIAS, HAS_COMP, HAS_IDS, HAS_ZERO`` flags; an absent table is passed as the weight scales (never read)."""
+    if (x_zero is None) != (w_colsum is None):
+        raise ValueError("x_zero and w_colsum come together (asymmetric codes) or not at all")
+    ws = w_scale.reshape(-1).float().contiguous()
+    tables = (
+        ws,
+        bias.contiguous() if bias is not None else ws,
+        comp.float().contiguous() if comp is not None else ws,
+        modality_ids.reshape(-1).contiguous() if modality_ids is not None else ws,
+        x_zero.reshape(-1).to(torch.int32).contiguous() if x_zero is not None else ws,
+        w_colsum.reshape(-1).to(torch.int32).contiguous() if w_colsum is not None else ws,
+    )
+    return tables, (bias is not None, comp is not None, modality_ids is not None, x_zero is not None)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -271,15 +282,9 @@ def decode_launch(
     xs = torch.empty((m,), dtype=torch.float32, device=x.device) if cfg.fuse_quant else x_scale.reshape(-1).float()
     if not m:
         return out, xs.reshape(m, 1)
-    ws = w_scale.reshape(-1).float().contiguous()
-    b = bias.contiguous() if bias is not None else ws
-    cp = comp.float().contiguous() if comp is not None else ws
-    ids = modality_ids.reshape(-1).contiguous() if modality_ids is not None else ws
-    xz = x_zero.reshape(-1).to(torch.int32).contiguous() if x_zero is not None else ws
-    cs = w_colsum.reshape(-1).to(torch.int32).contiguous() if w_colsum is not None else ws
+    (ws, b, cp, ids, xz, cs), flags = _epilogue_args(w_scale, bias, comp, modality_ids, x_zero, w_colsum)
     cl = clip.float().contiguous() if clip is not None else ws
     sh = shift.float().contiguous() if shift is not None else ws
-    flags = (bias is not None, comp is not None, modality_ids is not None, x_zero is not None)
     target = out if cfg.split_k == 1 else torch.zeros((m, n), dtype=torch.int32, device=x.device)
     k_ = kernels()
     wrap_triton(k_.qlinear_decode)[(triton_cdiv(n, cfg.block_n), cfg.split_k)](
