@@ -193,8 +193,10 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     """The token-count dispatching op of ``mqcompile.compile`` (issue #20): ``w4a4`` is the full linear from bf16
     input on its default path (decode kernel for M <= 16, cuBLAS FP8 above); ``w4a4_fused`` the decode kernel with
     the activation quantization fused in; ``w4a4_fp8w`` the FP8 path on a stored e4m3 weight copy instead of the
-    per-call expansion; ``w4a4_fast`` with ``use_fast_accum``. ``*_exact``: the output equals the reference's bit for
-    bit (the reference ops on the same input, integer sums in int32)."""
+    per-call expansion; ``w4a4_fast`` with ``use_fast_accum``; ``w4a4_cublas`` the inexact epilogue inside
+    ``_scaled_mm`` (rowwise scales, bf16 out) on the stored e4m3 weights. ``*_exact``: the output equals the
+    reference's bit for bit (the reference ops on the same input, integer sums in int32); ``*_relerr`` its relative
+    error."""
     from mqcompile.kernels import triton_ops
     from mqcompile.kernels.pack import pack_int4_blocked
 
@@ -211,16 +213,20 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     else:
         variants["w4a4_fp8w"] = {"w_fp8": w8}
         variants["w4a4_fast"] = {"fast_accum": True}
+        variants["w4a4_cublas"] = {"w_fp8": w8, "cublas_scales": True}
     row = {}
     nbytes = _nbytes(xb, wb) + 2 * m * codes.shape[0]
     for label, kw in variants.items():
 
         def call(a, b, kw=kw):
             return op(a, clip, None, None, False, b, ws, None, k, out_dtype, w_fp8=kw.get("w_fp8"),
-                      fast_accum=kw.get("fast_accum", False), fuse_quant=kw.get("fuse_quant", False))  # fmt: skip
+                      fast_accum=kw.get("fast_accum", False), fuse_quant=kw.get("fuse_quant", False),
+                      cublas_scales=kw.get("cublas_scales", False))  # fmt: skip
 
         try:
-            row[f"{label}_exact"] = bool(torch.equal(call(xb, wb), want))
+            got = call(xb, wb)
+            row[f"{label}_exact"] = bool(torch.equal(got, want))
+            row[f"{label}_relerr"] = float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
             row[label] = t_bf16 / measure(copies(call, xb, wb), nbytes)
         except Exception as exc:  # noqa: BLE001  (record it and go on: one run of the device is all we get)
             row[label], row[f"{label}_note"] = math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
@@ -262,14 +268,17 @@ def decoder_model(layers: int, small: bool, dtype: torch.dtype):
     return Qwen2ForCausalLM(config).eval().to(dtype)  # exported in the serving dtype: the ops output it too
 
 
-def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list[dict]:
+def bench_stack(device, measure, prefill: int, layers: int, small: bool, rows: list, save=lambda: None) -> list[dict]:
     """Each case is exported at its own static shape and compiled with ``dynamic=False``, for both models alike
-    (torch 2.11's export fails to prove a trivially true guard at these dims with a dynamic sequence)."""
+    (torch 2.11's export fails to prove a trivially true guard at these dims with a dynamic sequence). The defaults
+    of both cases run first, then the variants. Appends to ``rows`` and calls ``save`` after each row, so a run cut
+    short keeps what it measured."""
     from mqcompile.backends.inductor.deploy import detach_to, use_triton_ops
     from mqcompile.models.qwen2_text import export_causal_lm
 
     model = decoder_model(layers, small, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows = []
+    float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
+    cases = {}
     for label, shape in (("prefill", (1, prefill)), ("decode", (16, 1))):
         ids = torch.randint(0, 1024, shape)
         ep = export_causal_lm(model, ids, torch.ones_like(ids), dynamic=False)
@@ -284,33 +293,39 @@ def bench_stack(device, measure, prefill: int, layers: int, small: bool) -> list
         with torch.no_grad():
             want, flt = eager(**inputs), base(**inputs)
             t_base = measure(copies(lambda i, m, f=base: f(input_ids=i, attention_mask=m), *inputs.values()), w_base)
-        variants = {"": {}}  # mqcompile.compile's defaults (the W4A4 paths of issue #20)
-        if device.type == "cuda":
-            variants["legacy GEMM"] = {"w4a4_paths": False}  # issue #5's int8 GEMM for every M
-            if label == "prefill":
-                variants["fp8_weights"] = {"fp8_weights": True}
-        for name, kwargs in variants.items():
-            try:
-                ours = mqcompile.compile(qp, device=device, warmup=[inputs], dynamic=False, **kwargs)
-                w_ours = sum(v.numel() * v.element_size() for v in ours.state_dict().values())
-                with torch.no_grad():
-                    got = ours(**inputs)
-                    t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m),
-                                            *inputs.values()), w_ours)  # fmt: skip
-            except Exception as exc:  # noqa: BLE001  (record it; the other variants still run)
-                log.warning("stack %s %s failed: %s", label, name, exc)
-                rows.append({"case": f"{label} {name}".strip(), "error": f"{type(exc).__name__}: {exc}"[:300]})
-                continue
-            rows.append({"case": f"{label} {name}".strip(), "tokens": shape, "baseline_ms": t_base,
-                         "ours_ms": t_ours, "speedup": t_base / t_ours, "cos_compiled_vs_eager": cosine(want, got),
-                         "cos_vs_float": cosine(flt, got), "weight_bytes": w_ours})  # fmt: skip
-            log.info("%s", rows[-1])
-    float_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "layers." in n)
-    quant_bytes = sum(
-        v.numel() * v.element_size() for n, v in qp.exported_program.state_dict.items() if ".layers." in f".{n}"
-    )
-    rows.append({"case": "weights (decoder layers)", "bf16_bytes": float_bytes, "w4_bytes": quant_bytes,
-                 "ratio": quant_bytes / float_bytes})  # fmt: skip
+        cases[label] = (shape, qp, inputs, want, flt, t_base)
+        del eager, base, base_mod
+    runs = [("prefill", "", {}), ("decode", "", {})]  # mqcompile.compile's defaults (the W4A4 paths of issue #20)
+    if device.type == "cuda":
+        runs += [
+            ("prefill", "fp8_weights", {"fp8_weights": True}),
+            ("decode", "fuse_quant", {"w4a4_options": {"fuse_quant": True}}),
+            ("prefill", "fp8_weights + cublas_scales", {"fp8_weights": True, "w4a4_options": {"cublas_scales": True}}),
+            ("prefill", "legacy GEMM", {"w4a4_paths": False}),  # issue #5's int8 GEMM for every M
+            ("decode", "legacy GEMM", {"w4a4_paths": False}),
+        ]
+    for label, name, kwargs in runs:
+        shape, qp, inputs, want, flt, t_base = cases[label]
+        case = f"{label} {name}".strip()
+        try:
+            ours = mqcompile.compile(qp, device=device, warmup=[inputs], dynamic=False, **kwargs)
+            w_ours = sum(v.numel() * v.element_size() for n, v in ours.state_dict().items() if ".layers." in f".{n}")
+            with torch.no_grad():
+                got = ours(**inputs)
+                t_ours = measure(copies(lambda i, m, f=ours: f(input_ids=i, attention_mask=m), *inputs.values()),
+                                 w_ours)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001  (record it; the other variants still run)
+            log.warning("stack %s failed: %s", case, exc)
+            rows.append({"case": case, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            save()
+            continue
+        rows.append({"case": case, "tokens": shape, "baseline_ms": t_base, "ours_ms": t_ours,
+                     "speedup": t_base / t_ours, "cos_compiled_vs_eager": cosine(want, got),
+                     "cos_vs_float": cosine(flt, got), "layer_weight_bytes": w_ours,
+                     "layer_weight_ratio": w_ours / float_bytes})  # fmt: skip
+        log.info("%s", rows[-1])
+        save()
+        del ours
     return rows
 
 
@@ -334,7 +349,7 @@ def markdown(data: dict) -> str:
     cpu = "CPU mode" in data["device"]
     cols = ["int_mm", "ours_gemm", "ours_full", "i4p_gemm", "i4p_full", "fp32"] if cpu else [
         "int_mm", "scaled_mm", "ours_gemm", "ours_full", "w8c_gemm", "fp8c_gemm", "w4a4", "w4a4_fused",
-        "w4a4_fp8w", "w4a4_fast"]  # fmt: skip
+        "w4a4_fp8w", "w4a4_fast", "w4a4_cublas"]  # fmt: skip
     lines = [
         f"# Kernel benchmark ({data['device']})",
         "",
@@ -349,8 +364,9 @@ def markdown(data: dict) -> str:
         "repacked once, `mqcompile.compile(..., cpu_int4pack=True)` (`i4p exact`: bit-equal to the reference). "
         "`w4a4*` (GPU): the token-count dispatching op `mqcompile.compile` deploys (issue #20), the full linear from "
         "bf16 input: decode kernel for M <= 16 (`w4a4_fused`: quantization fused in), cuBLAS FP8 above "
-        "(`w4a4_fp8w`: stored e4m3 weights; `w4a4_fast`: `use_fast_accum`); `w4a4 exact` lists the variants whose "
-        "output equals the reference bit for bit.",
+        "(`w4a4_fp8w`: stored e4m3 weights; `w4a4_fast`: `use_fast_accum`; `w4a4_cublas`: rowwise scales and bias "
+        "inside `_scaled_mm`, bf16 out, on stored e4m3 weights: not exact); `w4a4 exact` lists the variants whose "
+        "output equals the reference bit for bit (their relative errors are in the JSON).",
         "",
         "| shape | K | N | M | bf16 ms | "
         + " | ".join(cols)
@@ -377,13 +393,12 @@ def markdown(data: dict) -> str:
                 lines.append(
                     f"- {r['case']} {tuple(r['tokens'])}: baseline {r['baseline_ms']:.2f} ms, "
                     f"ours {r['ours_ms']:.2f} ms, speedup {r['speedup']:.2f}x (logits cosine: compiled vs eager "
-                    f"program {r['cos_compiled_vs_eager']:.4f}, vs float {r['cos_vs_float']:.3f})"
+                    f"program {r['cos_compiled_vs_eager']:.4f}, vs float {r['cos_vs_float']:.3f}); decoder-layer "
+                    f"weights as deployed {r['layer_weight_bytes'] / 2**20:.1f} MiB, "
+                    f"{r['layer_weight_ratio']:.3f}x bf16"
                 )
-            elif "error" in r:
-                lines.append(f"- {r['case']}: failed: {r['error']}")
             else:
-                lines.append(f"- {r['case']}: W4 {r['w4_bytes'] / 2**20:.1f} MiB vs bf16 "
-                             f"{r['bf16_bytes'] / 2**20:.1f} MiB ({r['ratio']:.3f}x)")  # fmt: skip
+                lines.append(f"- {r['case']}: failed: {r['error']}")
     return "\n".join(lines) + "\n"
 
 
@@ -423,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         save()
     if not args.no_stack:
-        data["stack"] = bench_stack(device, measure, args.prefill, args.layers, args.small_stack)
-        save()
+        data["stack"] = []
+        bench_stack(device, measure, args.prefill, args.layers, args.small_stack, data["stack"], save)
     print(markdown(data))
     return 0
 

@@ -98,3 +98,7 @@ def test_fp8_weights_need_the_w4a4_paths_on_the_triton_path(toy):
         mqcompile.compile(qp, fp8_weights=True, int8_weights=True)
     with pytest.raises(ValueError, match="device='cuda'"):
         mqcompile.compile(qp, fp8_weights=True)  # CPU: no Triton kernels to take the copy
+    with pytest.raises(ValueError, match="unknown"):
+        mqcompile.compile(qp, w4a4_options={"fast_acum": True})
+    with pytest.raises(ValueError, match="device='cuda'"):
+        mqcompile.compile(qp, w4a4_options={"fast_accum": True})

@@ -294,3 +294,30 @@ def test_torch_compile_traces_one_graph_per_regime_with_dynamic_tokens():
     fp8, decode = graphs
     assert fp8.count("aten._scaled_mm.default") == 2 and fp8.count("triton_kernel_wrapper_functional") == 4
     assert "aten._scaled_mm.default" not in decode and decode.count("triton_kernel_wrapper_functional") == 4
+
+
+@pytest.mark.parametrize(("m", "k", "n", "routed"), [(17, 75, 20, True), (300, 130, 129, False)])
+def test_cublas_scales_form_is_the_reference_within_bf16_rounding(m, k, n, routed, monkeypatch):
+    # the opt-in inexact FP8 epilogue: rowwise scales and bias inside _scaled_mm, bf16 out, compensation added in bf16
+    calls, scaled_mm = [], torch._scaled_mm
+
+    def spy(*args, **kwargs):
+        calls.append((tuple(kwargs["scale_a"].shape), kwargs.get("bias") is not None, kwargs["out_dtype"]))
+        return scaled_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    x, clip, ids, shift, wq, ws, bias, comp = _case(m, k, n, m * n)
+    want = _want(x, clip, ids, shift, wq, ws, bias, comp, k, torch.bfloat16, routed=routed).float()
+    tables = (clip, ids, shift) if routed else (clip[:1], None, None)
+    got = torch.ops.mqcompile.w4a4_linear_triton(
+        *_dev(x, *tables), False, *_dev(pack_int4_blocked(wq), ws, bias), k, torch.bfloat16,
+        *_dev(comp if routed else None, ids if routed else None), None, None, 17, False, False, True,
+    ).cpu().float()  # fmt: skip
+    assert calls == [((m, 1), True, torch.bfloat16)] and got.shape == want.shape
+    # bf16 keeps 8 bits: two roundings (the GEMM's output, then + compensation) are within 2 ulps of the exact value
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=2**-7 * float(want.abs().max()) * 2**-4)
+    exact = torch.ops.mqcompile.w4a4_linear_triton(
+        *_dev(x, *tables), False, *_dev(pack_int4_blocked(wq), ws, bias), k, torch.bfloat16,
+        *_dev(comp if routed else None, ids if routed else None), None, None, 17,
+    ).cpu().float()  # fmt: skip
+    assert torch.equal(exact, want) and calls[1] == ((), False, torch.float32)  # unit scales, fp32: exact

@@ -86,13 +86,16 @@ def use_w4a4_paths(
     fp8_min_tokens: int | None = None,
     fast_accum: bool = False,
     fuse_quant: bool = False,
+    cublas_scales: bool = False,
 ) -> dict[str, int]:
     """Fuse each 4-bit ``quantize_act(_asym)`` + 4-bit per-channel ``qlinear`` pair into one
     ``mqcompile::w4a4_linear_triton`` node, which picks its kernel by the token count (the decode kernel up to 16
     tokens, cuBLAS FP8 from ``fp8_min_tokens`` on, see :func:`mqcompile.kernels.triton_ops.w4a4_linear_triton`);
     in place. Each weight is repacked once into the blocked layout those kernels read and the old packed copy is
     dropped, so one copy stays (0.25x bf16, plus an e4m3 copy, 0.5x, with ``fp8_weights``). Pairs whose codes feed
-    anything else, and 8-bit or grouped linears, are left for :func:`use_triton_ops`.
+    anything else, and 8-bit or grouped linears, are left for :func:`use_triton_ops`. ``fast_accum``,
+    ``fuse_quant`` and ``cublas_scales`` are the op's opt-in variants (the last two: faster if the benchmark says so;
+    ``cublas_scales`` is not bit-exact).
     """
     from ...kernels import triton_ops
 
@@ -127,7 +130,8 @@ def use_w4a4_paths(
                 ops.w4a4_linear_triton.default,
                 (act.x, act.clip, act.modality_ids, act.shift, qa.target == ops.quantize_act_asym.default, w_node,
                  args.w_scale, args.bias, args.in_features, args.out_dtype, args.comp, args.modality_ids,
-                 args.w_colsum, fp8_node, fp8_min_tokens or triton_ops.FP8_MIN_TOKENS, fast_accum, fuse_quant),
+                 args.w_colsum, fp8_node, fp8_min_tokens or triton_ops.FP8_MIN_TOKENS, fast_accum, fuse_quant,
+                 cublas_scales),
             )  # fmt: skip
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
@@ -139,6 +143,9 @@ def use_w4a4_paths(
     _drop_replaced(gm, done)
     gm.recompile()
     return counts
+
+
+_W4A4_OPTIONS = ("fast_accum", "fuse_quant", "cublas_scales", "fp8_min_tokens")
 
 
 def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
@@ -287,6 +294,7 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     int8_weights: bool = False,
     fp8_weights: bool = False,
     w4a4_paths: bool = True,
+    w4a4_options: dict[str, Any] | None = None,
     cpu_int4pack: bool = False,
     warmup: Iterable[dict[str, Any]] = (),
     **compile_kwargs: Any,
@@ -303,6 +311,8 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
             (:func:`use_w4a4_paths`: the decode kernel up to 16 tokens, cuBLAS FP8 above).
         fp8_weights: with ``w4a4_paths``, also keep an e4m3 copy of those weights for the FP8 prefill instead of
             expanding the packed ones per call (0.5x bf16 more weight memory).
+        w4a4_options: the dispatching op's opt-in variants, passed to :func:`use_w4a4_paths`: ``fast_accum``,
+            ``fuse_quant``, ``cublas_scales`` (not bit-exact), ``fp8_min_tokens``.
         cpu_int4pack: on CPU, run 4-bit per-channel linears on ATen's packed-int4 kernel (weights repacked once;
             bit-exact, see :func:`use_cpu_int4pack`). Off by default: on the AVX2 EPYC it measured ~3.5x faster than
             the default path at M = 1 but 3-30x slower from M = 16 on (``docs/bench_cpu/bench_kernels_int4pack.md``).
@@ -322,15 +332,19 @@ def compile(  # noqa: A001  (mqcompile.compile, like torch.compile)
     use = triton if triton is not None else (_device(module).type == "cuda" and triton_available())
     if fp8_weights and (int8_weights or not w4a4_paths):
         raise ValueError("fp8_weights is the FP8 prefill's weight copy: it needs w4a4_paths=True and no int8_weights")
+    options = dict(w4a4_options or {})
+    unknown = set(options) - set(_W4A4_OPTIONS)
+    if unknown:
+        raise ValueError(f"w4a4_options {sorted(unknown)} unknown; it takes {_W4A4_OPTIONS}")
     if use:
         if not triton_available():
             raise ModuleNotFoundError("triton=True needs the triton package: pip install triton")
         if w4a4_paths and not int8_weights:
-            log.info("W4A4 paths: %s", use_w4a4_paths(module, fp8_weights=fp8_weights))
+            log.info("W4A4 paths: %s", use_w4a4_paths(module, fp8_weights=fp8_weights, **options))
         log.info("Triton ops: %s", use_triton_ops(module, int8_weights))
-    elif int8_weights or fp8_weights:
-        raise ValueError("int8_weights and fp8_weights apply to the Triton kernels: pass device='cuda' (or "
-                         "triton=True)")  # fmt: skip
+    elif int8_weights or fp8_weights or options:
+        raise ValueError("int8_weights, fp8_weights and w4a4_options apply to the Triton kernels: pass "
+                         "device='cuda' (or triton=True)")  # fmt: skip
     elif cpu_int4pack and _device(module).type == "cpu" and cpu_int4_available():
         log.info("CPU int4 kernel: %s", use_cpu_int4pack(module))
     with torch.no_grad():
