@@ -256,7 +256,11 @@ def test_every_token_count_takes_its_path_and_equals_the_program(tokens, fp8_wei
     assert counts == {"fused": 2, "kept": 0}
     e4m3 = [b for n, b in module.named_buffers() if n.endswith("_e4m3")]
     assert len(e4m3) == (2 if fp8_weights else 0) and all(b.dtype == torch.float8_e4m3fn for b in e4m3)
-    assert torch.equal(module(x.to(DEVICE)).cpu(), qp.module()(x))
+    got, want = module(x.to(DEVICE)).cpu(), qp.module()(x)
+    if DEVICE == "cpu":
+        assert torch.equal(got, want)
+    else:  # the GELU between the linears runs in CUDA vs the CPU: last-bit differences can flip a code
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
 def test_codes_read_elsewhere_keep_the_pair():
