@@ -259,8 +259,8 @@ def test_every_token_count_takes_its_path_and_equals_the_program(tokens, fp8_wei
     got, want = module(x.to(DEVICE)).cpu(), qp.module()(x)
     if DEVICE == "cpu":
         assert torch.equal(got, want)
-    else:  # the GELU between the linears runs in CUDA vs the CPU: last-bit differences can flip a code
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    else:  # the GELU between the linears runs in CUDA vs the CPU: a last-bit difference can flip a rare code
+        assert float((got - want).norm() / want.norm()) < 1e-3
 
 
 def test_codes_read_elsewhere_keep_the_pair():
