@@ -32,8 +32,9 @@ def test_compiled_program_follows_every_path_with_dynamic_tokens(fp8_weights):
         x = torch.randn(1, m, 256)
         want = eager(x)  # the CPU reference path
         got = fast(x.cuda()).cpu()
-        # the CPU program's float ops (gelu, the epilogue's adds) vs Inductor's: last-bit differences only
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        # the CPU program's float ops (GELU, the epilogue's adds) vs Inductor's (which may contract a*b + c into an
+        # FMA): last-bit differences, which can flip a rare activation code of the second linear
+        assert got.shape == want.shape and float((got - want).norm() / want.norm()) < 1e-3, m
 
 
 @pytest.mark.parametrize("k", [3584, 18944])
