@@ -197,7 +197,7 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     ``_scaled_mm`` (rowwise scales, bf16 out) on the stored e4m3 weights. ``*_exact``: the output equals the
     reference's bit for bit (the reference ops on the same input, integer sums in int32); ``*_relerr`` its relative
     error."""
-    from mqcompile.kernels import triton_ops
+    from mqcompile.kernels import w4a4_ops
     from mqcompile.kernels.pack import pack_int4_blocked
 
     m, device = xb.shape[0], xb.device
@@ -206,9 +206,9 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     clip = torch.ones(1, device=device)
     xq, xs = ref.quantize_act_ref(xb, clip, None, 4)
     want = ref.qlinear_ref(xq, xs, pack_int4(codes.cpu()).to(device), ws, None, 4, 0, k, out_dtype)
-    w8 = triton_ops.expand_int4(wb, k, fp8=True)
+    w8 = w4a4_ops.expand_int4(wb, k, fp8=True)
     variants = {"w4a4": {}}
-    if m <= triton_ops.DECODE_TOKENS:
+    if m <= w4a4_ops.DECODE_TOKENS:
         variants["w4a4_fused"] = {"fuse_quant": True}
     else:
         variants["w4a4_fp8w"] = {"w_fp8": w8}

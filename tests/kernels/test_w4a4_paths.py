@@ -11,7 +11,7 @@ if not torch.cuda.is_available():  # must be set before the kernels are first JI
 
 from mqcompile.kernels import (
     pack_int4,  # noqa: E402
-    triton_ops,  # noqa: E402
+    w4a4_ops,  # noqa: E402
 )
 from mqcompile.kernels import reference as ref  # noqa: E402
 from mqcompile.kernels.pack import BLOCK, pack_int4_blocked, unpack_int4_blocked  # noqa: E402
@@ -64,7 +64,7 @@ def test_blocked_layout_round_trips_and_puts_halves_in_the_nibbles(k):
 @pytest.mark.parametrize("fp8", [False, True])
 def test_expand_int4_gives_the_values_zero_padded(k, n, fp8):
     q = torch.randint(-8, 8, (n, k), dtype=torch.int8)
-    out = triton_ops.expand_int4(pack_int4_blocked(q).to(DEVICE), k, fp8=fp8).cpu()
+    out = w4a4_ops.expand_int4(pack_int4_blocked(q).to(DEVICE), k, fp8=fp8).cpu()
     assert out.shape == (-(-n // 16) * 16, -(-k // 16) * 16)
     assert out.dtype == (torch.float8_e4m3fn if fp8 else torch.int8)
     want = torch.nn.functional.pad(q.float(), (0, out.shape[1] - k, 0, out.shape[0] - n))
@@ -87,11 +87,11 @@ def test_decode_kernel_matches_reference(m, k, n, cfg):
     want = _want(x, clip, ids, shift, wq, ws, bias, comp, k, torch.float32)
     w, xq_xs = pack_int4_blocked(wq), ref.quantize_act_ref(x, clip, ids, 4, shift)
     if cfg is not None and cfg.fuse_quant:
-        got, xs = triton_ops.decode_launch(*_dev(x, None, w, ws, bias, comp, ids), k, torch.float32, cfg,
+        got, xs = w4a4_ops.decode_launch(*_dev(x, None, w, ws, bias, comp, ids), k, torch.float32, cfg,
                                            clip=clip.to(DEVICE), shift=shift.to(DEVICE))  # fmt: skip
         assert torch.equal(xs.cpu(), xq_xs[1])  # the scales it computed are the reference's
     else:
-        got, _ = triton_ops.decode_launch(*_dev(*xq_xs, w, ws, bias, comp, ids), k, torch.float32, cfg)
+        got, _ = w4a4_ops.decode_launch(*_dev(*xq_xs, w, ws, bias, comp, ids), k, torch.float32, cfg)
     assert torch.equal(got.cpu(), want)
 
 
@@ -102,7 +102,7 @@ def test_decode_kernel_with_zero_points_matches_reference():
     xq, xs, xz = ref.quantize_act_asym_ref(x, clip, ids, 4, shift)
     colsum = ref.weight_colsum(pack_int4(wq), 4, k)
     for cfg in (DecodeConfig(16, 64, 1), DecodeConfig(32, 64, 2)):
-        got, _ = triton_ops.decode_launch(*_dev(xq, xs, pack_int4_blocked(wq), ws, bias, comp, ids), k,
+        got, _ = w4a4_ops.decode_launch(*_dev(xq, xs, pack_int4_blocked(wq), ws, bias, comp, ids), k,
                                           torch.float16, cfg, x_zero=xz.to(DEVICE),
                                           w_colsum=colsum.to(DEVICE))  # fmt: skip
         assert torch.equal(got.cpu(), want)
@@ -111,16 +111,16 @@ def test_decode_kernel_with_zero_points_matches_reference():
 def test_decode_kernel_refuses_what_it_cannot_do():
     w = pack_int4_blocked(torch.zeros(16, 64, dtype=torch.int8))
     with pytest.raises(ValueError, match="at most 16 tokens"):
-        triton_ops.decode_launch(torch.zeros(17, 64, dtype=torch.int8), torch.ones(17, 1), w, torch.ones(16, 1),
+        w4a4_ops.decode_launch(torch.zeros(17, 64, dtype=torch.int8), torch.ones(17, 1), w, torch.ones(16, 1),
                                  None, None, None, 64, torch.float32)  # fmt: skip
     with pytest.raises(ValueError, match="blocked layout"):
-        triton_ops.decode_launch(torch.zeros(2, 75, dtype=torch.int8), torch.ones(2, 1), pack_int4(torch.zeros(
+        w4a4_ops.decode_launch(torch.zeros(2, 75, dtype=torch.int8), torch.ones(2, 1), pack_int4(torch.zeros(
             16, 75, dtype=torch.int8)), torch.ones(16, 1), None, None, None, 75, torch.float32)  # fmt: skip
     with pytest.raises(ValueError, match="clip"):
-        triton_ops.decode_launch(torch.zeros(2, 64), None, w, torch.ones(16, 1), None, None, None, 64,
+        w4a4_ops.decode_launch(torch.zeros(2, 64), None, w, torch.ones(16, 1), None, None, None, 64,
                                  torch.float32, DecodeConfig(fuse_quant=True))  # fmt: skip
     with pytest.raises(ValueError, match="x_scale"):
-        triton_ops.decode_launch(torch.zeros(2, 64, dtype=torch.int8), None, w, torch.ones(16, 1), None, None, None,
+        w4a4_ops.decode_launch(torch.zeros(2, 64, dtype=torch.int8), None, w, torch.ones(16, 1), None, None, None,
                                  64, torch.float32)  # fmt: skip
 
 
@@ -143,15 +143,15 @@ def test_fp8_path_matches_reference(m, k, n, asym):
     # e4m3 codes and weights, unit-scale _scaled_mm in fp32 (exact integer sums), the reference's epilogue
     x, clip, ids, shift, wq, ws, bias, comp = _case(m, k, n, m + k + n, asym)
     want = _want(x, clip, ids, shift, wq, ws, bias, comp, k, torch.bfloat16, asym)
-    quantize = triton_ops.kernels().quantize_act_asym if asym else triton_ops.kernels().quantize_act
-    q8, xs, *xz = triton_ops._launch_quantize(quantize, *_dev(x, clip, ids), 4, shift.to(DEVICE), int(asym),
+    quantize = w4a4_ops.kernels().quantize_act_asym if asym else w4a4_ops.kernels().quantize_act
+    q8, xs, *xz = w4a4_ops._launch_quantize(quantize, *_dev(x, clip, ids), 4, shift.to(DEVICE), int(asym),
                                               fp8=True, pad_to=16)  # fmt: skip
     assert q8.dtype == torch.float8_e4m3fn and q8.shape == (m, -(-k // 16) * 16)
     qa = (ref.quantize_act_asym_ref if asym else ref.quantize_act_ref)(x, clip, ids, 4, shift)
     assert torch.equal(q8.float().cpu()[:, :k], qa[0].float()) and not q8.float()[:, k:].any()
-    w8 = triton_ops.expand_int4(pack_int4_blocked(wq).to(DEVICE), k, fp8=True)
+    w8 = w4a4_ops.expand_int4(pack_int4_blocked(wq).to(DEVICE), k, fp8=True)
     colsum = ref.weight_colsum(pack_int4(wq), 4, k) if asym else None
-    got = triton_ops.fp8_gemm(q8, xs, w8, *_dev(ws, bias, comp, ids), n, torch.bfloat16,
+    got = w4a4_ops.fp8_gemm(q8, xs, w8, *_dev(ws, bias, comp, ids), n, torch.bfloat16,
                               x_zero=xz[0] if asym else None, w_colsum=_dev(colsum)[0])  # fmt: skip
     assert torch.equal(got.cpu(), want)
 
@@ -179,7 +179,7 @@ def test_dispatching_op_takes_a_stored_fp8_copy_and_keeps_leading_dims():
     x, clip, ids, shift, wq, ws, bias, comp = _case(24, k, n, 5)
     want = _want(x, clip, ids, shift, wq, ws, bias, comp, k, torch.float32).reshape(2, 12, n)
     w = pack_int4_blocked(wq).to(DEVICE)
-    w8 = triton_ops.expand_int4(w, k, fp8=True)
+    w8 = w4a4_ops.expand_int4(w, k, fp8=True)
     got = torch.ops.mqcompile.w4a4_linear_triton(*_dev(x.reshape(2, 12, k), clip, ids.reshape(2, 12), shift), False,
                                                  w, *_dev(ws, bias), k, torch.float32,
                                                  *_dev(comp, ids.reshape(2, 12)), None, w8)  # fmt: skip

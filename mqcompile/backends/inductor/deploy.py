@@ -90,14 +90,14 @@ def use_w4a4_paths(
 ) -> dict[str, int]:
     """Fuse each 4-bit ``quantize_act(_asym)`` + 4-bit per-channel ``qlinear`` pair into one
     ``mqcompile::w4a4_linear_triton`` node, which picks its kernel by the token count (the decode kernel up to 16
-    tokens, cuBLAS FP8 from ``fp8_min_tokens`` on, see :func:`mqcompile.kernels.triton_ops.w4a4_linear_triton`);
+    tokens, cuBLAS FP8 from ``fp8_min_tokens`` on, see :func:`mqcompile.kernels.w4a4_ops.w4a4_linear_triton`);
     in place. Each weight is repacked once into the blocked layout those kernels read and the old packed copy is
     dropped, so one copy stays (0.25x bf16, plus an e4m3 copy, 0.5x, with ``fp8_weights``). Pairs whose codes feed
     anything else, and 8-bit or grouped linears, are left for :func:`use_triton_ops`. ``fast_accum``,
     ``fuse_quant`` and ``cublas_scales`` are the op's opt-in variants (the last two: faster if the benchmark says so;
     ``cublas_scales`` is not bit-exact).
     """
-    from ...kernels import triton_ops
+    from ...kernels import w4a4_ops
 
     _require_graph_module(gm, "use_w4a4_paths")
     ops = torch.ops.mqcompile
@@ -119,7 +119,7 @@ def use_w4a4_paths(
             blocked = _buffer_beside(gm, args.w.target, "_blocked", pack_int4_blocked(codes))
             fp8 = None
             if fp8_weights:
-                e4m3 = triton_ops.expand_int4(gm.get_buffer(blocked), args.in_features, fp8=True)
+                e4m3 = w4a4_ops.expand_int4(gm.get_buffer(blocked), args.in_features, fp8=True)
                 fp8 = _buffer_beside(gm, args.w.target, "_e4m3", e4m3)
             done[args.w.target] = (blocked, fp8)
         blocked, fp8 = done[args.w.target]
@@ -130,7 +130,7 @@ def use_w4a4_paths(
                 ops.w4a4_linear_triton.default,
                 (act.x, act.clip, act.modality_ids, act.shift, qa.target == ops.quantize_act_asym.default, w_node,
                  args.w_scale, args.bias, args.in_features, args.out_dtype, args.comp, args.modality_ids,
-                 args.w_colsum, fp8_node, fp8_min_tokens or triton_ops.FP8_MIN_TOKENS, fast_accum, fuse_quant,
+                 args.w_colsum, fp8_node, fp8_min_tokens or w4a4_ops.FP8_MIN_TOKENS, fast_accum, fuse_quant,
                  cublas_scales),
             )  # fmt: skip
         new.meta.update(node.meta)
