@@ -15,10 +15,11 @@
   partial sums into an int32 workspace with atomics (integer addition is exact and order-free, so the result stays
   deterministic), then ``epilogue_kernel`` scales.
 - ``FP8`` (benchmark comparison only): the same GEMM on e4m3 carriers with fp32 accumulation.
-- The W4A4 fast paths (``mqcompile::w4a4_linear_triton``, weights in :func:`~mqcompile.kernels.pack.pack_int4_blocked`'s
-  layout): ``qlinear_decode`` for few tokens (``out^T = W x^T``, shift-only nibble unpack, split-K, optionally the
-  activation quantization fused in), and ``expand_int4`` (blocked nibbles -> int8 or e4m3 bytes, per call) in front
-  of cuBLAS FP8 (``torch._scaled_mm``) for prefill; the quantize kernels write e4m3 codes for it (``OUT_FP8``).
+- The W4A4 fast paths (``mqcompile::w4a4_linear_triton`` in :mod:`mqcompile.kernels.w4a4_ops`, weights in
+  :func:`~mqcompile.kernels.pack.pack_int4_blocked`'s layout): ``qlinear_decode`` for few tokens (``out^T = W x^T``,
+  shift-only nibble unpack, split-K, optionally the activation quantization fused in), and ``expand_int4`` (blocked
+  nibbles -> int8 or e4m3 bytes, per call) in front of cuBLAS FP8 (``torch._scaled_mm``) for prefill; the quantize
+  kernels write e4m3 codes for it (``OUT_FP8``).
 
 Division uses ``tl.div_rn`` (IEEE round-to-nearest, like torch) rather than ``/`` (which lowers to an approximate
 division on NVIDIA), and rounding adds and subtracts 1.5 * 2**23, which rounds half to even like ``torch.round``
