@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="W4A4-MorphoQuant+Rot", choices=[m for m in METHODS if METHODS[m]])
     parser.add_argument("--points", nargs="+", default=["2:256", "8:256", "32:256", "8:64", "8:1024"],
                         help="BATCHES:RESERVOIR_TOKENS pairs")  # fmt: skip
-    parser.add_argument("--calib-sources", nargs="+", default=["wiki"], choices=CALIB_SOURCES,
-                        help="calibration sources, taken in turn (default: wiki)")  # fmt: skip
+    parser.add_argument("--calib-sources", nargs="+", default=list(CALIB_SOURCES), choices=CALIB_SOURCES,
+                        help="calibration sources, taken in turn (default: all, as the suite)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="QuantConfig.seed (the reservoir's sampling)")
     parser.add_argument("--out", default=None, help="write the table here (.md; the JSON beside it)")
     args = parser.parse_args(argv)

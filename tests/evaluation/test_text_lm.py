@@ -297,7 +297,8 @@ def test_calibration_sources_are_checked():
 def test_mixed_calibration_takes_the_sources_in_turn():
     from mqcompile.evaluation.text_lm import load_bigbench_prose
 
-    wiki = TextLMTask(quick=True, seq_len=32, calib_batches=2).data()["calibration"]
+    wiki = TextLMTask(quick=True, seq_len=32, calib_batches=2, calib_sources=("wiki",)).data()["calibration"]
+    assert TextLMTask().calib_sources == ("wiki", "bigbench")  # the suite's default
     mixed = TextLMTask(quick=True, seq_len=32, calib_batches=3, calib_sources=("wiki", "bigbench"))
     rows = mixed.data()["calibration"]
     assert rows.shape == (3, 32)
