@@ -191,28 +191,32 @@ def w4a4_linear_triton(
     on (where the GPU has FP8; ``w_fp8``: an e4m3 copy of the weights kept by the user, else expanded per call),
     else the int8 GEMM on weights expanded per call. ``w``: :func:`~mqcompile.kernels.pack.pack_int4_blocked`
     layout. The same numbers as the two reference ops, bit for bit, on every path (``cublas_scales``: the faster,
-    inexact FP8 epilogue of :func:`fp8_gemm`, opt-in). Under ``torch.compile`` the
-    choice is made at trace time (static shapes) or guarded on M (dynamic ones: one graph per regime)."""
+    inexact FP8 epilogue of :func:`fp8_gemm`, opt-in). ``fuse_quant`` applies to symmetric codes whose routing ids
+    are the compensation's (or that have none); otherwise the quantization runs as its own kernel. Under
+    ``torch.compile`` the choice is made at trace time (static shapes) or guarded on M (dynamic ones: one graph per
+    regime)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
     m = x2.shape[0]
     quantize = kernels().quantize_act_asym if asym else kernels().quantize_act
-    outputs = 2 if asym else 1
+    zeros = int(asym)  # the asymmetric quantizer's extra output
+    # the fused kernel reads one ids table for the quantization's routing and the compensation's gather
+    one_table = comp is None or act_ids is comp_ids
     if m <= DECODE_TOKENS:
-        if fuse_quant and not asym:
-            out, _ = decode_launch(x2, None, w, w_scale, bias, comp, comp_ids, in_features, out_dtype,
+        if fuse_quant and not asym and one_table:
+            out, _ = decode_launch(x2, None, w, w_scale, bias, comp, act_ids, in_features, out_dtype,
                                    clip=clip, shift=shift)  # fmt: skip
         else:
-            q, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, outputs - 1)
+            q, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, zeros)
             out, _ = decode_launch(q, xs, w, w_scale, bias, comp, comp_ids, in_features, out_dtype,
                                    x_zero=xz[0] if asym else None, w_colsum=w_colsum)  # fmt: skip
     elif m >= fp8_min_tokens and _has_fp8(x):
-        q8, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, outputs - 1, fp8=True, pad_to=16)
+        q8, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, zeros, fp8=True, pad_to=16)
         w8 = w_fp8 if w_fp8 is not None else expand_int4(w, in_features, fp8=True)
         out = fp8_gemm(q8, xs, w8, w_scale, bias, comp, comp_ids, w.shape[0], out_dtype, fast_accum,
                        xz[0] if asym else None, w_colsum, cublas_scales)  # fmt: skip
     else:
-        q, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, outputs - 1)
+        q, xs, *xz = _launch_quantize(quantize, x2, clip, act_ids, 4, shift, zeros)
         w8 = expand_int4(w, in_features, fp8=False, pad_to=1)
         out = qlinear_launch(q, xs, w8, w_scale, bias, comp, comp_ids, in_features, False, out_dtype,
                              x_zero=xz[0] if asym else None, w_colsum=w_colsum)  # fmt: skip

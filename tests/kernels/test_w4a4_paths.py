@@ -325,3 +325,16 @@ def test_cublas_scales_form_is_the_reference_within_bf16_rounding(m, k, n, route
         *_dev(comp if routed else None, ids if routed else None), None, None, 17,
     ).cpu().float()  # fmt: skip
     assert torch.equal(exact, want) and calls[1] == ((), False, torch.float32)  # unit scales, fp32: exact
+
+
+def test_fused_decode_routes_the_quantization_by_the_activation_ids():
+    # a routed clip / shift without compensation (comp folded away): the fused kernel must route by act_ids
+    m, k, n = 9, 200, 40
+    x, clip, ids, shift, wq, ws, bias, _ = _case(m, k, n, 21)
+    xq, xs = ref.quantize_act_ref(x, clip, ids, 4, shift)
+    want = ref.qlinear_ref(xq, xs, pack_int4(wq), ws, bias, 4, 0, k, torch.float32)
+    for fuse in (False, True):
+        got = torch.ops.mqcompile.w4a4_linear_triton(*_dev(x, clip, ids, shift), False,
+                                                     *_dev(pack_int4_blocked(wq), ws, bias), k, torch.float32,
+                                                     None, None, None, None, 17, False, fuse)  # fmt: skip
+        assert torch.equal(got.cpu(), want), fuse
