@@ -43,6 +43,14 @@ def _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT: tl.constexpr):
 
 
 @triton.jit
+def _rint_div(x, scale):
+    """``round_half_even(x / scale)`` in fp32: IEEE division, then 1.5 * 2**23 added and taken off, which rounds
+    half to even like ``torch.round`` for the |v| < 2**22 the quantizers produce (libdevice ``rint`` is missing in
+    the interpreter)."""
+    return (tl.div_rn(x, scale) + 12582912.0) - 12582912.0
+
+
+@triton.jit
 def _codes(v, OUT_FP8: tl.constexpr):
     """Integer-valued fp32 codes as stored bytes: int8, or the e4m3 bit pattern (every int4 value is exact in e4m3;
     the bytes travel as int8 because the interpreter has no fp8 tensors)."""
@@ -81,7 +89,7 @@ def quantize_act_kernel(
     for k0 in range(0, KP, BLOCK_K):  # columns K..KP (padding for an aligned GEMM operand) get code 0
         rk = k0 + tl.arange(0, BLOCK_K)
         x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
-        v = (tl.div_rn(x, scale) + 12582912.0) - 12582912.0  # 1.5 * 2**23: round half to even
+        v = _rint_div(x, scale)
         v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
         tl.store(q_ptr + row * KP + rk, _codes(v, OUT_FP8), mask=rk < KP)
 
@@ -117,7 +125,7 @@ def quantize_act_asym_kernel(
     hi_t = _mul(clip, tl.max(hi, axis=0))
     scale = tl.div_rn(hi_t - lo_t, 2.0 * QMAX + 1.0)
     scale = tl.where(scale == 0, 1.0, scale)
-    zero = -QMAX - 1.0 - ((tl.div_rn(lo_t, scale) + 12582912.0) - 12582912.0)
+    zero = -QMAX - 1.0 - _rint_div(lo_t, scale)
     zero = tl.minimum(tl.maximum(zero, -QMAX - 1.0), QMAX * 1.0)
     zero = tl.where(zero == zero, zero, 0.0)  # NaN rows: the scale carries the NaN
     tl.store(s_ptr + row, scale)
@@ -125,7 +133,7 @@ def quantize_act_asym_kernel(
     for k0 in range(0, KP, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         x = _shifted_row(x_ptr, shift_ptr, row, m, rk, K, HAS_SHIFT)
-        v = ((tl.div_rn(x, scale) + 12582912.0) - 12582912.0) + zero
+        v = _rint_div(x, scale) + zero
         v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
         v = tl.where(rk < K, v, 0.0)  # padding columns: code 0 (the zero point is corrected over K only)
         v = tl.where(v == v, v, 0.0)
@@ -296,7 +304,7 @@ def _decode_codes(x_ptr, shift_ptr, m, scale, rt, k, M, K, QMAX: tl.constexpr, F
         x = tl.load(x_ptr + rt[:, None] * K + k[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_SHIFT:
             x = x - tl.load(shift_ptr + m[:, None] * K + k[None, :], mask=mask, other=0.0)
-        v = (tl.div_rn(x, scale[:, None]) + 12582912.0) - 12582912.0
+        v = _rint_div(x, scale[:, None])
         v = tl.minimum(tl.maximum(v, -QMAX - 1.0), QMAX * 1.0)
         return tl.where(mask, v, 0.0).to(tl.int8)
     return tl.load(x_ptr + rt[:, None] * K + k[None, :], mask=mask, other=0)
