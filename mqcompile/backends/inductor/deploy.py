@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 from collections.abc import Iterable
@@ -108,7 +109,7 @@ def use_w4a4_paths(
         if node.op != "call_function" or node.target != ops.qlinear.default:
             continue
         args = op_args(QLinearArgs, node)
-        qa = args.xq.args[0] if isinstance(args.xq, fx.Node) and args.xq.target is operator.getitem else None
+        qa = _producer(args.xq)
         act = op_args(QuantizeActArgs, qa) if qa is not None and qa.target in quantizers else None
         only_here = qa is not None and all(set(g.users) == {node} for g in qa.users)
         if act is None or act.bits != 4 or args.w_bits != 4 or args.group_size or not _stored(args.w) or not only_here:
@@ -145,7 +146,8 @@ def use_w4a4_paths(
     return counts
 
 
-_W4A4_OPTIONS = ("fast_accum", "fuse_quant", "cublas_scales", "fp8_min_tokens")
+# the keyword options of use_w4a4_paths that mqcompile.compile passes through (fp8_weights has its own argument)
+_W4A4_OPTIONS = tuple(p for p in inspect.signature(use_w4a4_paths).parameters if p not in ("gm", "fp8_weights"))
 
 
 def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
@@ -164,7 +166,7 @@ def use_cpu_int4pack(gm: fx.GraphModule) -> dict[str, int]:
             continue
         args = op_args(QLinearArgs, node)
         xq, w, k = args.xq, args.w, args.in_features
-        act = xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
+        act = _producer(xq)
         is_act = act is not None and act.target == torch.ops.mqcompile.quantize_act.default
         x_bits = op_args(QuantizeActArgs, act).bits if is_act else 8
         asym = args.x_zero is not None  # ATen's int4pack kernel has no zero-point correction
@@ -213,6 +215,11 @@ def _drop_replaced(gm: fx.GraphModule, replaced) -> None:
     for target in set(replaced) - live:
         owner_path, _, name = target.rpartition(".")
         delattr(gm.get_submodule(owner_path), name)
+
+
+def _producer(xq) -> fx.Node | None:
+    """The node whose output tuple ``xq`` is an item of (a qlinear's codes: its quantize node), if any."""
+    return xq.args[0] if isinstance(xq, fx.Node) and xq.target is operator.getitem else None
 
 
 def _stored(w) -> bool:
