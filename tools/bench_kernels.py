@@ -119,6 +119,11 @@ def _ops(device: torch.device):
     return torch.ops.mqcompile.quantize_act, torch.ops.mqcompile.qlinear
 
 
+def _relerr(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.float(), want.float()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
 def _nbytes(*ts: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
@@ -219,14 +224,12 @@ def _w4a4_paths(xb, codes, ws, k, out_dtype, measure, t_bf16) -> dict:
     for label, kw in variants.items():
 
         def call(a, b, kw=kw):
-            return op(a, clip, None, None, False, b, ws, None, k, out_dtype, w_fp8=kw.get("w_fp8"),
-                      fast_accum=kw.get("fast_accum", False), fuse_quant=kw.get("fuse_quant", False),
-                      cublas_scales=kw.get("cublas_scales", False))  # fmt: skip
+            return op(a, clip, None, None, False, b, ws, None, k, out_dtype, **kw)
 
         try:
             got = call(xb, wb)
             row[f"{label}_exact"] = bool(torch.equal(got, want))
-            row[f"{label}_relerr"] = float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
+            row[f"{label}_relerr"] = _relerr(got, want)
             row[label] = t_bf16 / measure(copies(call, xb, wb), nbytes)
         except Exception as exc:  # noqa: BLE001  (record it and go on: one run of the device is all we get)
             row[label], row[f"{label}_note"] = math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
@@ -248,7 +251,7 @@ def _carriers(xq, xs, codes, ws, k, exact, out_dtype, measure, t_bf16) -> dict:
     ):
         c = cfg._replace(split_k=1) if cfg is not None and fp8 else cfg
         got = qlinear_launch(a, xs, b, ws, None, None, None, k, False, out_dtype, c, fp8).float()
-        row[f"{label}_relerr"] = float((got - exact).norm() / exact.norm().clamp_min(1e-30))
+        row[f"{label}_relerr"] = _relerr(got, exact)
         row[f"{label}_gemm"] = t_bf16 / measure(
             copies(lambda a, b, c=c, f=fp8: qlinear_launch(a, xs, b, ws, None, None, None, k, False, out_dtype, c, f),
                    a, b),
